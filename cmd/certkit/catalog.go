@@ -1,0 +1,22 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/certkit/certkit/suites"
+)
+
+func catalogCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "catalog",
+		Short: "List the certification tests by stable ID",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			for _, s := range suites.Catalog() {
+				fmt.Fprintf(cmd.OutOrStdout(), "%-32s %s\n", s.ID, s.Title)
+			}
+		},
+	}
+}

@@ -1,0 +1,213 @@
+package main
+
+// End-to-end tests: the built binary against the embedded lab, as a user
+// runs it. Ginkgo allows one suite run per process, so every run is its own
+// certkit process.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/certkit/certkit/harness/lab"
+	"github.com/certkit/certkit/targets/control"
+)
+
+var certkitBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "certkit-e2e-")
+	if err != nil {
+		panic(err)
+	}
+	certkitBin = filepath.Join(dir, "certkit")
+	build := exec.Command("go", "build", "-race", "-o", certkitBin, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		os.RemoveAll(dir)
+		panic("building certkit: " + err.Error())
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// certkit runs the binary to completion and returns stdout, stderr and the exit code.
+func certkit(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(certkitBin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("certkit %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+type shown struct {
+	Tests []struct {
+		ID           string `json:"id"`
+		Status       string `json:"status"`
+		Measurements map[string]struct {
+			Value float64 `json:"value"`
+			Unit  string  `json:"unit"`
+		} `json:"measurements"`
+	} `json:"tests"`
+}
+
+func show(t *testing.T, bundlePath string) shown {
+	t.Helper()
+	out, errOut, code := certkit(t, "bundle", "show", bundlePath, "--json")
+	if code != 0 {
+		t.Fatalf("bundle show exit %d: %s", code, errOut)
+	}
+	var s shown
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatalf("bundle show --json printed %q: %v", out, err)
+	}
+	return s
+}
+
+func TestRunAgainstTheEmbeddedLabPassesAndWritesAVerifiableBundle(t *testing.T) {
+	out, errOut, code := certkit(t, "run", "--lab", "embedded", "--out", t.TempDir())
+	if code != 0 {
+		t.Fatalf("certkit run: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	bundlePath := lastLine(out)
+	if !strings.HasSuffix(bundlePath, ".tgz") {
+		t.Fatalf("last line %q is not the bundle path", bundlePath)
+	}
+	if vout, verr, code := certkit(t, "bundle", "verify", bundlePath); code != 0 {
+		t.Fatalf("bundle verify: exit %d: %s%s", code, vout, verr)
+	}
+	s := show(t, bundlePath)
+	if len(s.Tests) != 1 || s.Tests[0].ID != "failover.path.noop-timeout" || s.Tests[0].Status != "passed" {
+		t.Fatalf("bundle results: %+v", s)
+	}
+	d, ok := s.Tests[0].Measurements["detection_seconds"]
+	timings := lab.Embedded().Timings
+	lo := timings.NoopOutTimeout.Seconds()
+	hi := (timings.NoopOutInterval.Duration + timings.NoopOutTimeout.Duration + timings.RecoveryTimeout.Duration + timings.DetectionSlack.Duration).Seconds()
+	if !ok || d.Unit != "s" || d.Value < lo || d.Value > hi {
+		t.Fatalf("detection_seconds = %+v, want within [%v, %v] s", d, lo, hi)
+	}
+}
+
+func TestNoFailoverHostFailsTheSuite(t *testing.T) {
+	out, errOut, code := certkit(t, "run", "--lab", "embedded", "--host-defect", "no-failover", "--out", t.TempDir())
+	if code != 1 {
+		t.Fatalf("certkit run against a no-failover host: exit %d, want 1\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	s := show(t, lastLine(out))
+	if len(s.Tests) != 1 || s.Tests[0].Status != "failed" {
+		t.Fatalf("bundle results: %+v", s)
+	}
+	// It must fail for the right reason: I/O did not move, not a setup error.
+	for _, want := range []string{"no read of", "still lists the dead path"} {
+		if !strings.Contains(out+errOut, want) {
+			t.Errorf("the failure does not say %q:\n%s\n%s", want, out, errOut)
+		}
+	}
+}
+
+func TestCtrlCRevertsTheInjectedFault(t *testing.T) {
+	// The lab runs in its own process so it outlives the interrupted run
+	// and the array can be asked what faults it still has.
+	dir := t.TempDir()
+	labProc := exec.Command(certkitBin, "lab", "up", "--dir", dir)
+	stdout, err := labProc.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	labProc.Stderr = os.Stderr
+	if err := labProc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = labProc.Process.Signal(syscall.SIGTERM)
+		_ = labProc.Wait()
+	}()
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if p, ok := strings.CutPrefix(sc.Text(), "lab ready: "); ok {
+				ready <- p
+			}
+		}
+	}()
+	var profilePath string
+	select {
+	case profilePath = <-ready:
+	case <-time.After(60 * time.Second):
+		t.Fatal("certkit lab up did not become ready within 60 s")
+	}
+	profile, err := lab.Load(profilePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, _ := profile.Arrays[0].Control.ResolveToken()
+	arr := control.NewClient(profile.Arrays[0].Control.URL, token)
+
+	run := exec.Command(certkitBin, "run", "--lab", profilePath, "--out", t.TempDir())
+	var out, errOut bytes.Buffer
+	run.Stdout, run.Stderr = &out, &errOut
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for {
+		faults, err := arr.Faults(ctx)
+		if err != nil {
+			t.Fatalf("asking the array for its faults: %v", err)
+		}
+		if len(faults) > 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			_ = run.Process.Kill()
+			t.Fatalf("the run never injected a fault\nstdout:\n%s\nstderr:\n%s", out.String(), errOut.String())
+		case <-time.After(profile.Timings.PollInterval.Duration):
+		}
+	}
+	if err := run.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	err = run.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Fatalf("interrupted run: %v, want exit 130\nstdout:\n%s\nstderr:\n%s", err, out.String(), errOut.String())
+	}
+	faults, err := arr.Faults(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(faults) != 0 {
+		t.Fatalf("faults still active on the array after Ctrl-C: %+v", faults)
+	}
+	bundlePath := lastLine(out.String())
+	if _, verr, code := certkit(t, "bundle", "verify", bundlePath); code != 0 {
+		t.Fatalf("the interrupted run's bundle does not verify: %s", verr)
+	}
+}

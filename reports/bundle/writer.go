@@ -1,0 +1,519 @@
+package bundle
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/certkit/certkit/reports/junit"
+)
+
+// Meta describes the run a bundle records.
+type Meta struct {
+	ToolVersion string
+	Suite       string         // JUnit suite name; "certkit" when empty
+	Lab         map[string]any // free-form lab summary for the manifest; must be JSON-encodable; secret keys are redacted
+	Profile     []byte         // the lab profile YAML; stored as lab/profile.yaml with secrets redacted
+	Now         func() time.Time
+}
+
+// Writer builds a bundle. Files are staged in "<path>.partial/" as the run
+// goes; Close packs them into path. All methods are safe for concurrent use.
+type Writer struct {
+	path, staging string
+	now           func() time.Time
+
+	mu       sync.Mutex
+	closed   bool
+	manifest Manifest
+	results  []TestResult
+	ids      map[string]bool
+}
+
+// Create starts a bundle at path. It refuses to overwrite an existing bundle
+// or to reuse a staging directory left by an interrupted run.
+func Create(path string, m Meta) (*Writer, error) {
+	w := &Writer{path: path, staging: path + ".partial", now: m.Now, ids: map[string]bool{}}
+	if w.now == nil {
+		w.now = time.Now
+	}
+	if _, err := os.Lstat(path); err == nil {
+		return nil, fmt.Errorf("bundle %s: already exists; remove it or write the bundle elsewhere", path)
+	}
+	lab, err := normalizeLab(m.Lab)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: lab summary: %w", path, err)
+	}
+	var profile []byte
+	if m.Profile != nil {
+		if profile, err = RedactYAML(m.Profile); err != nil {
+			return nil, fmt.Errorf("bundle %s: lab profile: %w", path, err)
+		}
+	}
+	suite := m.Suite
+	if suite == "" {
+		suite = "certkit"
+	}
+	w.manifest = Manifest{
+		SchemaVersion: SchemaVersion,
+		ToolVersion:   m.ToolVersion,
+		Suite:         suite,
+		CreatedAt:     w.now().UTC(),
+		Lab:           lab,
+	}
+	if err := os.Mkdir(w.staging, 0o755); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("bundle %s: staging directory %s/ exists (left by an interrupted run?); move it away or remove it", path, w.staging)
+		}
+		return nil, fmt.Errorf("bundle %s: creating staging directory: %w", path, err)
+	}
+	// A partial manifest makes the staging directory self-describing if the run dies.
+	if err := w.writeJSONLocked(ManifestName, w.manifest); err != nil {
+		return nil, w.fail(err)
+	}
+	if profile != nil {
+		if err := w.writeLocked(ProfileName, profile); err != nil {
+			return nil, w.fail(err)
+		}
+	}
+	return w, nil
+}
+
+// fail removes a staging directory that holds nothing but what Create wrote.
+func (w *Writer) fail(err error) error {
+	os.RemoveAll(w.staging)
+	return fmt.Errorf("bundle %s: %w", w.path, err)
+}
+
+// normalizeLab round-trips the summary through JSON, so what is redacted is
+// exactly what will be written, and non-encodable values fail now.
+func normalizeLab(lab map[string]any) (map[string]any, error) {
+	if lab == nil {
+		return nil, nil
+	}
+	data, err := json.Marshal(lab)
+	if err != nil {
+		return nil, err
+	}
+	var out map[string]any
+	if err := json.Unmarshal(data, &out); err != nil {
+		return nil, err
+	}
+	return redactValue(out).(map[string]any), nil
+}
+
+// Path is the bundle file Close will write.
+func (w *Writer) Path() string { return w.path }
+
+// StagingDir is where files are staged until Close.
+func (w *Writer) StagingDir() string { return w.staging }
+
+// reserved names are written by the Writer itself.
+func reserved(name string) bool {
+	return name == ManifestName || name == ResultsJSONName || name == JUnitName ||
+		(strings.HasPrefix(name, "tests/") && path.Base(name) == ResultFile)
+}
+
+// check validates a name the caller gives WriteFile or AppendFile.
+func (w *Writer) check(name string) error {
+	if err := w.checkOpen(name); err != nil {
+		return err
+	}
+	if reserved(name) {
+		return fmt.Errorf("bundle %s: %s is written by the bundle writer; use AddResult for results", w.path, name)
+	}
+	return nil
+}
+
+func (w *Writer) checkOpen(name string) error {
+	if w.closed {
+		return fmt.Errorf("bundle %s: %s: writer already closed", w.path, quoteName(name))
+	}
+	if err := checkName(name); err != nil {
+		return fmt.Errorf("bundle %s: %s: %w", w.path, quoteName(name), err)
+	}
+	return nil
+}
+
+// WriteFile stores name with data, replacing any earlier content. The
+// replacement is atomic, so a crash leaves the old or the new version.
+func (w *Writer) WriteFile(name string, data []byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.check(name); err != nil {
+		return err
+	}
+	if err := w.writeLocked(name, data); err != nil {
+		return fmt.Errorf("bundle %s: %w", w.path, err)
+	}
+	return nil
+}
+
+// WriteJSON stores v as indented JSON.
+func (w *Writer) WriteJSON(name string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("bundle %s: %s: %w", w.path, quoteName(name), err)
+	}
+	return w.WriteFile(name, append(data, '\n'))
+}
+
+// AppendFile appends data to name, creating it if needed.
+func (w *Writer) AppendFile(name string, data []byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.check(name); err != nil {
+		return err
+	}
+	p := filepath.Join(w.staging, filepath.FromSlash(name))
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return fmt.Errorf("bundle %s: %s: %w", w.path, name, err)
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("bundle %s: %s: %w", w.path, name, err)
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("bundle %s: %s: %w", w.path, name, err)
+	}
+	return nil
+}
+
+// LogCommand appends c to the host's command log (see CommandLogPath and
+// FormatCommand), with secret options redacted from the command line.
+func (w *Writer) LogCommand(host string, c Command) error {
+	name, err := CommandLogPath(host, c.Command)
+	if err != nil {
+		return fmt.Errorf("bundle %s: %w", w.path, err)
+	}
+	c.Command = RedactCommand(c.Command)
+	return w.AppendFile(name, FormatCommand(c))
+}
+
+// AddResult records the verdict of one test. It is written at once to
+// tests/<id>/result.json; results/results.json and results/junit.xml are
+// produced from all results at Close, in the order they were added.
+func (w *Writer) AddResult(r TestResult) error {
+	if err := r.validate(); err != nil {
+		return fmt.Errorf("bundle %s: %w", w.path, err)
+	}
+	r.Measurements = cloneMap(r.Measurements)
+	r.Thresholds = cloneMap(r.Thresholds)
+	name, err := TestPath(r.ID, ResultFile)
+	if err != nil {
+		return fmt.Errorf("bundle %s: %w", w.path, err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.checkOpen(name); err != nil {
+		return err
+	}
+	if w.ids[r.ID] {
+		return fmt.Errorf("bundle %s: test %s: result already added; each test id gets one result", w.path, r.ID)
+	}
+	if err := w.writeJSONLocked(name, r); err != nil {
+		return fmt.Errorf("bundle %s: %w", w.path, err)
+	}
+	w.ids[r.ID] = true
+	w.results = append(w.results, r)
+	return nil
+}
+
+// cloneMap copies m so a caller mutating its map later cannot change the record.
+func cloneMap[V any](m map[string]V) map[string]V {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]V, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func (w *Writer) writeJSONLocked(name string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return w.writeLocked(name, append(data, '\n'))
+}
+
+// writeLocked writes via a temporary file in the same directory and renames it.
+func (w *Writer) writeLocked(name string, data []byte) error {
+	p := filepath.Join(w.staging, filepath.FromSlash(name))
+	dir := filepath.Dir(p)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	f, err := os.CreateTemp(dir, ".staging-*")
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), p)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+// Close writes the results and the manifest, packs the archive (see the
+// package doc for its deterministic form) to a temporary file next to the
+// bundle, renames it into place and removes the staging directory. If
+// packing fails the staging directory is kept, and the error says where.
+func (w *Writer) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return fmt.Errorf("bundle %s: already closed", w.path)
+	}
+	w.closed = true
+	if err := w.pack(); err != nil {
+		return fmt.Errorf("bundle %s: %w; the evidence is kept in %s/", w.path, err, w.staging)
+	}
+	if err := os.RemoveAll(w.staging); err != nil {
+		return fmt.Errorf("bundle %s: written, but removing staging directory: %w", w.path, err)
+	}
+	return nil
+}
+
+func (w *Writer) pack() error {
+	results := Results{Tests: w.results}
+	if results.Tests == nil {
+		results.Tests = []TestResult{}
+	}
+	if err := w.writeJSONLocked(ResultsJSONName, results); err != nil {
+		return err
+	}
+	var x bytes.Buffer
+	if err := junit.Write(&x, junitSuite(w.manifest, w.results)); err != nil {
+		return fmt.Errorf("%s: %w", JUnitName, err)
+	}
+	if err := w.writeLocked(JUnitName, x.Bytes()); err != nil {
+		return err
+	}
+
+	files, err := w.stagedFiles()
+	if err != nil {
+		return err
+	}
+	w.manifest.FinishedAt = w.now().UTC()
+	w.manifest.Files = files
+	if err := w.writeJSONLocked(ManifestName, w.manifest); err != nil {
+		return err
+	}
+
+	dir, base := filepath.Split(w.path)
+	if dir == "" {
+		dir = "."
+	}
+	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("creating temporary archive: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	bw := bufio.NewWriterSize(tmp, 1<<20)
+	if err := w.writeArchive(bw, files); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("writing %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("closing %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), w.path); err != nil {
+		return err
+	}
+	ok = true
+	if d, err := os.Open(dir); err == nil { // make the rename durable; best effort
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// stagedFiles hashes every staged file except the manifest, sorted by path.
+func (w *Writer) stagedFiles() ([]FileEntry, error) {
+	var files []FileEntry
+	err := filepath.WalkDir(w.staging, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(w.staging, p)
+		if err != nil {
+			return err
+		}
+		name := filepath.ToSlash(rel)
+		switch {
+		case d.IsDir():
+			return nil
+		case !d.Type().IsRegular():
+			return fmt.Errorf("%s: not a regular file (%s); bundles hold regular files only", name, d.Type())
+		case name == ManifestName:
+			return nil
+		case strings.HasPrefix(d.Name(), ".staging-"):
+			return nil // leftover of a failed write
+		}
+		if err := checkName(name); err != nil {
+			return fmt.Errorf("%s: %w", quoteName(name), err)
+		}
+		sum, size, err := hashFile(p)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		files = append(files, FileEntry{Path: name, SHA256: sum, Size: size})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("staging directory: %w", err)
+	}
+	slices.SortFunc(files, func(a, b FileEntry) int { return strings.Compare(a.Path, b.Path) })
+	return files, nil
+}
+
+func hashFile(p string) (string, int64, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// writeArchive writes manifest.json, then files in order, as a gzip'd tar.
+// Each file is hashed again while copied: a file changed behind the
+// writer's back fails the bundle rather than producing one that won't verify.
+func (w *Writer) writeArchive(out io.Writer, files []FileEntry) error {
+	zw, err := gzip.NewWriterLevel(out, gzip.DefaultCompression)
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(zw)
+	mtime := w.manifest.FinishedAt.Truncate(time.Second)
+	if mtime.Before(time.Unix(0, 0)) { // a test clock at the zero time; keep plain ustar headers
+		mtime = time.Unix(0, 0)
+	}
+	add := func(name string, size int64, want string) error {
+		f, err := os.Open(filepath.Join(w.staging, filepath.FromSlash(name)))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: name, Size: size, Mode: 0o644, ModTime: mtime}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		h := sha256.New()
+		if _, err := io.CopyN(io.MultiWriter(tw, h), f, size); err != nil {
+			return fmt.Errorf("%s: %w (changed while packing?)", name, err)
+		}
+		if want != "" && hex.EncodeToString(h.Sum(nil)) != want {
+			return fmt.Errorf("%s: changed while packing; bundle not written", name)
+		}
+		return nil
+	}
+	mi, err := os.Stat(filepath.Join(w.staging, ManifestName))
+	if err != nil {
+		return err
+	}
+	if err := add(ManifestName, mi.Size(), ""); err != nil {
+		return err
+	}
+	for _, f := range files {
+		if err := add(f.Path, f.Size, f.SHA256); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return zw.Close()
+}
+
+// junitSuite maps results to the JUnit report.
+func junitSuite(m Manifest, results []TestResult) junit.Suite {
+	s := junit.Suite{
+		Name:       m.Suite,
+		Timestamp:  m.CreatedAt,
+		Properties: []junit.Property{{Name: "tool_version", Value: m.ToolVersion}},
+	}
+	for _, r := range results {
+		name := r.Name
+		if name == "" {
+			name = r.ID
+		}
+		c := junit.Case{
+			Name:       name,
+			Classname:  m.Suite,
+			Status:     junit.Status(r.Status),
+			Message:    r.Reason,
+			Time:       r.Duration(),
+			Properties: []junit.Property{{Name: "id", Value: r.ID}},
+		}
+		for _, k := range sortedKeys(r.Measurements) {
+			v := r.Measurements[k]
+			c.Properties = append(c.Properties, junit.Property{Name: "measurement." + k, Value: formatValue(v.Value, v.Unit)})
+		}
+		for _, k := range sortedKeys(r.Thresholds) {
+			c.Properties = append(c.Properties, junit.Property{Name: "threshold." + k, Value: formatThreshold(r.Thresholds[k])})
+		}
+		s.Cases = append(s.Cases, c)
+	}
+	return s
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,267 @@
+package suites
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/onsi/ginkgo/v2"
+	"github.com/onsi/ginkgo/v2/types"
+	"github.com/onsi/gomega"
+
+	"github.com/certkit/certkit/harness/esxcli"
+	"github.com/certkit/certkit/harness/fault"
+	"github.com/certkit/certkit/harness/lab"
+	"github.com/certkit/certkit/reports/bundle"
+	"github.com/certkit/certkit/targets/control"
+)
+
+// RunConfig says what to run against which lab.
+type RunConfig struct {
+	Profile *lab.Profile
+	Bundle  *bundle.Writer
+	// Focus lists spec IDs to run; empty runs the whole catalog.
+	Focus []string
+	// Log receives progress lines (fault reverts on interrupt); nil = stderr.
+	Log io.Writer
+	// Verbose makes Ginkgo print every spec's steps.
+	Verbose bool
+}
+
+// Outcome summarises a run.
+type Outcome struct {
+	Passed      bool
+	Interrupted bool
+	Results     []bundle.TestResult
+}
+
+// failRecorder is the GinkgoTestingT of a run outside `go test`.
+type failRecorder struct{ failed bool }
+
+func (f *failRecorder) Fail() { f.failed = true }
+
+// Run runs the catalog once. Ginkgo allows one run per process, so callers
+// (the CLI) run it once and exit. Every fault a spec injects is reverted when
+// the spec ends, and at once on SIGINT/SIGTERM.
+func Run(ctx context.Context, cfg RunConfig) (Outcome, error) {
+	logw := cfg.Log
+	if logw == nil {
+		logw = os.Stderr
+	}
+	if err := cfg.Profile.Validate(); err != nil {
+		return Outcome{}, err
+	}
+	specs, err := selectSpecs(cfg.Focus)
+	if err != nil {
+		return Outcome{}, err
+	}
+	t := cfg.Profile.Timings
+	env := &Env{Profile: cfg.Profile, Bundle: cfg.Bundle}
+	env.Faults = fault.NewTracker(func(fault.Event) { env.writeTimeline() })
+
+	setupCtx, cancel := context.WithTimeout(ctx, t.SetupTimeout.Duration)
+	defer cancel()
+	if err := env.connect(setupCtx); err != nil {
+		env.close()
+		return Outcome{}, err
+	}
+	defer env.close()
+
+	stopSignals := env.Faults.RevertOnSignal(t.CommandTimeout.Duration, func(s os.Signal, err error) {
+		if err != nil {
+			fmt.Fprintf(logw, "certkit: %v: could not revert every fault: %v\n", s, err)
+			return
+		}
+		fmt.Fprintf(logw, "certkit: %v: every injected fault reverted\n", s)
+	})
+	defer stopSignals()
+
+	var outcome Outcome
+	gomega.RegisterFailHandler(ginkgo.Fail)
+	ginkgo.Describe("certkit certification catalog", func() {
+		for _, s := range specs {
+			s := s
+			ginkgo.It(s.ID+": "+s.Title, ginkgo.Label(s.ID), func(sctx ginkgo.SpecContext) {
+				env.begin(s.ID)
+				ginkgo.DeferCleanup(func(cctx ginkgo.SpecContext) {
+					if err := env.Faults.RevertAll(cctx); err != nil {
+						ginkgo.Fail(fmt.Sprintf("reverting the faults of %s: %v", s.ID, err))
+					}
+				}, ginkgo.NodeTimeout(t.CommandTimeout.Duration))
+				s.Body(sctx, env)
+			})
+		}
+	})
+	ginkgo.ReportAfterEach(func(r types.SpecReport) {
+		res := env.result(r)
+		outcome.Results = append(outcome.Results, res)
+		if err := cfg.Bundle.AddResult(res); err != nil {
+			fmt.Fprintf(logw, "certkit: recording the result of %s: %v\n", res.ID, err)
+		}
+		if err := env.Bundle.WriteJSON("tests/"+res.ID+"/result.json", res); err != nil {
+			fmt.Fprintf(logw, "certkit: recording the result of %s: %v\n", res.ID, err)
+		}
+		if r.State.Is(types.SpecStateInterrupted) {
+			outcome.Interrupted = true
+		}
+	})
+
+	suiteCfg, repCfg := ginkgo.GinkgoConfiguration()
+	suiteCfg.Timeout = 24 * time.Hour // specs bound themselves with profile timings
+	suiteCfg.GracePeriod = t.CommandTimeout.Duration
+	repCfg.NoColor = true
+	repCfg.Verbose = cfg.Verbose
+	ft := &failRecorder{}
+	passed := ginkgo.RunSpecs(ft, "certkit", suiteCfg, repCfg)
+
+	// The spec cleanups reverted their faults; this is the backstop for a
+	// run that ended some other way.
+	rctx, rcancel := context.WithTimeout(context.Background(), t.CommandTimeout.Duration)
+	defer rcancel()
+	if err := env.Faults.RevertAll(rctx); err != nil {
+		return outcome, fmt.Errorf("faults left in the lab: %w", err)
+	}
+	outcome.Passed = passed && !ft.failed && len(outcome.Results) == len(specs)
+	return outcome, nil
+}
+
+func selectSpecs(focus []string) ([]Spec, error) {
+	all := Catalog()
+	if len(focus) == 0 {
+		return all, nil
+	}
+	byID := map[string]Spec{}
+	for _, s := range all {
+		byID[s.ID] = s
+	}
+	var out []Spec
+	for _, id := range focus {
+		s, ok := byID[id]
+		if !ok {
+			ids := make([]string, len(all))
+			for i, s := range all {
+				ids[i] = s.ID
+			}
+			return nil, fmt.Errorf("no test %q in the catalog; known: %s", id, strings.Join(ids, ", "))
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// connect dials every host over SSH and asks every array who it is.
+func (e *Env) connect(ctx context.Context) error {
+	t := e.Profile.Timings
+	var errs []error
+	for _, h := range e.Profile.Hosts {
+		c, err := esxcli.Dial(ctx, h, t.CommandTimeout.Duration)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("host %s: %w", h.Name, err))
+			continue
+		}
+		name := h.Name
+		c.OnResult(func(r *esxcli.Result) { e.recordCommand(name, r) })
+		e.Hosts = append(e.Hosts, &Host{Name: h.Name, Config: h, Esxcli: c})
+	}
+	for _, a := range e.Profile.Arrays {
+		token, err := a.Control.ResolveToken()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("array %s: %w", a.Name, err))
+			continue
+		}
+		c := control.NewClient(a.Control.URL, token)
+		info, err := c.Info(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("array %s: %w", a.Name, err))
+			continue
+		}
+		e.Arrays = append(e.Arrays, &Array{Name: a.Name, Control: c, Info: info})
+	}
+	return errors.Join(errs...)
+}
+
+func (e *Env) close() {
+	for _, h := range e.Hosts {
+		h.Esxcli.Close()
+	}
+}
+
+// recordCommand appends one command and its output to the host's command
+// log in the bundle, one file per esxcli command as vm-support names them.
+func (e *Env) recordCommand(host string, r *esxcli.Result) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "### %s .. %s exit=%d $ %s\n", r.Start.UTC().Format(time.RFC3339Nano),
+		r.End.UTC().Format(time.RFC3339Nano), r.ExitCode, r.Command)
+	b.WriteString(r.Stdout)
+	if r.Stderr != "" {
+		b.WriteString("--- stderr\n")
+		b.WriteString(r.Stderr)
+	}
+	if !strings.HasSuffix(b.String(), "\n") {
+		b.WriteByte('\n')
+	}
+	_ = e.Bundle.AppendFile("hosts/"+host+"/commands/"+CommandLogName(r.Command), []byte(b.String()))
+}
+
+// CommandLogName names the log file of a command line: the command words
+// before the first option, joined by '_' ("esxcli_storage_core_path_list.txt").
+func CommandLogName(cmdline string) string {
+	var words []string
+	for _, w := range strings.Fields(cmdline) {
+		if strings.HasPrefix(w, "-") || strings.ContainsAny(w, "/=") {
+			break
+		}
+		words = append(words, w)
+	}
+	if len(words) == 0 {
+		return "shell.txt"
+	}
+	if words[0] != "esxcli" {
+		return "shell_" + words[0] + ".txt"
+	}
+	return strings.Join(words, "_") + ".txt"
+}
+
+func (e *Env) writeTimeline() {
+	id := e.SpecID()
+	if id == "" {
+		return
+	}
+	e.EvidenceJSON("timeline.json", e.Faults.Timeline())
+}
+
+// result turns a Ginkgo report and what the spec recorded into a TestResult.
+func (e *Env) result(r types.SpecReport) bundle.TestResult {
+	rec := e.end()
+	id := ""
+	if len(r.Labels()) > 0 {
+		id = r.Labels()[0]
+	}
+	res := bundle.TestResult{ID: id, Name: r.LeafNodeText, Start: r.StartTime, End: r.EndTime}
+	if rec != nil {
+		res.Measurements = rec.measurements
+		res.Thresholds = rec.thresholds
+	}
+	switch {
+	case r.State.Is(types.SpecStatePassed):
+		res.Status = "passed"
+	case r.State.Is(types.SpecStateSkipped | types.SpecStatePending):
+		res.Status = "skipped"
+		res.Reason = r.Failure.Message
+	case r.State.Is(types.SpecStateInterrupted | types.SpecStateAborted):
+		res.Status = "error"
+		res.Reason = "interrupted: " + r.Failure.Message
+	default:
+		res.Status = "failed"
+		res.Reason = r.Failure.Message
+	}
+	if rec != nil && len(rec.evidenceErrs) > 0 && res.Status == "passed" {
+		res.Status = "error"
+		res.Reason = "evidence could not be recorded: " + errors.Join(rec.evidenceErrs...).Error()
+	}
+	return res
+}

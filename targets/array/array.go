@@ -1,0 +1,259 @@
+// Package array is certkit's software iSCSI array: one target with its LUNs
+// on gotgt's SCSI layer, certkit's own iSCSI front end (targets/frontend) on
+// every controller portal, and a fault proxy (targets/faultproxy) in front
+// of each portal that has one. *Array is what the control API
+// (targets/control) serves.
+//
+// Several arrays may run in one process side by side as long as their names
+// and target IQNs differ; see gotgt.go for the process-wide state gotgt
+// imposes.
+package array
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/certkit/certkit/iscsi"
+	"github.com/certkit/certkit/targets/control"
+	"github.com/certkit/certkit/targets/faultproxy"
+	"github.com/certkit/certkit/targets/frontend"
+)
+
+// Options tune an array beyond its Config; the zero value is the default.
+type Options struct {
+	QueueDepth   int           // CmdSN window per session; default 128
+	LoginTimeout time.Duration // default 15s
+	Logf         func(format string, args ...any)
+	Trace        func(in bool, p *iscsi.PDU) // see frontend.Config.Trace
+}
+
+// Array is a running array.
+type Array struct {
+	cfg     Config
+	sizes   map[int]int64
+	scsi    *scsiTarget
+	fe      *frontend.Server
+	portals []*portal
+
+	mu        sync.Mutex
+	closed    bool
+	active    map[string]*control.FaultRecord // by fault ID
+	faultSeq  int
+	closeOnce sync.Once
+	closeErr  error
+}
+
+type portal struct {
+	id         string
+	controller string
+	tpgt       uint16
+	listen     string // bound front-end address
+	proxy      *faultproxy.Proxy
+}
+
+func (p *portal) address() string {
+	if p.proxy != nil {
+		return p.proxy.Addr()
+	}
+	return p.listen
+}
+
+// Start brings an array up: gotgt target and LUs, the front end on every
+// portal, a fault proxy where configured. ctx bounds start-up only; the
+// array runs until Close.
+func Start(ctx context.Context, cfg Config) (*Array, error) {
+	return StartWith(ctx, cfg, Options{})
+}
+
+// StartWith is Start with Options.
+func StartWith(ctx context.Context, cfg Config, opt Options) (_ *Array, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("array %s: %w", cfg.Name, err)
+	}
+	a := &Array{cfg: cfg, sizes: map[int]int64{}, active: map[string]*control.FaultRecord{}}
+	defer func() {
+		if err != nil {
+			a.Close()
+			err = fmt.Errorf("array %s: %w", cfg.Name, err)
+		}
+	}()
+	var specs []lunSpec
+	for _, l := range cfg.LUNs {
+		size, _ := ParseSize(l.Size) // validated
+		a.sizes[l.ID] = size
+		specs = append(specs, lunSpec{id: l.ID, size: size, backing: l.Backing, path: l.Path})
+	}
+	var groups []portGroup
+	var fps []frontend.Portal
+	for i, ctl := range cfg.Controllers {
+		groups = append(groups, portGroup{id: TPGT(i), ports: []uint16{TPGT(i)}})
+		for j, p := range ctl.Portals {
+			fps = append(fps, frontend.Portal{Listen: p.Listen, TPGT: TPGT(i)})
+			a.portals = append(a.portals, &portal{id: PortalID(ctl.Name, j), controller: ctl.Name, tpgt: TPGT(i)})
+		}
+	}
+	if a.scsi, err = newSCSITarget(cfg.Name, cfg.Target, specs, groups); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	logf := opt.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	a.fe, err = frontend.Listen(frontend.Config{
+		TargetName:   cfg.Target,
+		Portals:      fps,
+		SCSI:         a.scsi,
+		QueueDepth:   opt.QueueDepth,
+		LoginTimeout: opt.LoginTimeout,
+		Logf:         logf,
+		Trace:        opt.Trace,
+	})
+	if err != nil {
+		return nil, err
+	}
+	addrs := a.fe.Addrs()
+	k := 0
+	for i, ctl := range cfg.Controllers {
+		for j, pc := range ctl.Portals {
+			p := a.portals[k]
+			p.listen = addrs[k]
+			if pc.Proxy != "" {
+				if p.proxy, err = faultproxy.Listen(pc.Proxy, p.listen); err != nil {
+					return nil, fmt.Errorf("controllers[%d].portals[%d].proxy %s: %w", i, j, pc.Proxy, err)
+				}
+				if err := a.fe.Advertise(k, p.proxy.Addr()); err != nil {
+					return nil, err
+				}
+			}
+			k++
+		}
+	}
+	return a, ctx.Err()
+}
+
+// Close stops proxies, the front end and the gotgt target, releasing every
+// listener, session, goroutine and memory LU.
+func (a *Array) Close() error {
+	a.closeOnce.Do(func() {
+		a.mu.Lock()
+		a.closed = true
+		a.mu.Unlock()
+		var errs []error
+		for _, p := range a.portals {
+			if p.proxy != nil {
+				errs = append(errs, p.proxy.Close())
+			}
+		}
+		if a.fe != nil {
+			errs = append(errs, a.fe.Close())
+		}
+		if a.scsi != nil {
+			a.scsi.close()
+		}
+		a.closeErr = errors.Join(errs...)
+	})
+	return a.closeErr
+}
+
+// Name is the array's name.
+func (a *Array) Name() string { return a.cfg.Name }
+
+// Target is the array's target IQN.
+func (a *Array) Target() string { return a.cfg.Target }
+
+// Info describes the array (control.Array).
+func (a *Array) Info() control.Info {
+	t := control.Target{IQN: a.cfg.Target}
+	for _, l := range a.cfg.LUNs {
+		t.LUNs = append(t.LUNs, control.LUN{ID: l.ID, NAA: NAA(a.cfg.Name, l.ID), SizeBytes: a.sizes[l.ID]})
+	}
+	info := control.Info{Name: a.cfg.Name, Targets: []control.Target{t}}
+	for _, p := range a.portals {
+		cp := control.Portal{ID: p.id, Controller: p.controller, TPGT: int(p.tpgt), Address: p.address()}
+		if p.proxy != nil {
+			cp.Fault = string(p.proxy.Fault())
+		}
+		info.Portals = append(info.Portals, cp)
+	}
+	return info
+}
+
+// Inject starts a fault on a portal's proxy (control.Array).
+func (a *Array) Inject(portalID, kind string) (control.FaultRecord, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return control.FaultRecord{}, fmt.Errorf("array %s is closed", a.cfg.Name)
+	}
+	i := slices.IndexFunc(a.portals, func(p *portal) bool { return p.id == portalID })
+	if i < 0 {
+		ids := make([]string, len(a.portals))
+		for j, p := range a.portals {
+			ids[j] = p.id
+		}
+		return control.FaultRecord{}, control.NotFoundf("array %s: no portal %q (portals: %v)", a.cfg.Name, portalID, ids)
+	}
+	p := a.portals[i]
+	if p.proxy == nil {
+		return control.FaultRecord{}, control.Invalidf("array %s: portal %s has no fault proxy; set its proxy address in the array config", a.cfg.Name, p.id)
+	}
+	at, err := p.proxy.Inject(faultproxy.Kind(kind))
+	switch {
+	case errors.Is(err, faultproxy.ErrUnknownKind):
+		return control.FaultRecord{}, control.Invalidf("array %s: portal %s: %v", a.cfg.Name, p.id, err)
+	case errors.Is(err, faultproxy.ErrFaultActive):
+		return control.FaultRecord{}, control.Conflictf("array %s: portal %s: %v", a.cfg.Name, p.id, err)
+	case err != nil:
+		return control.FaultRecord{}, fmt.Errorf("array %s: portal %s: %w", a.cfg.Name, p.id, err)
+	}
+	a.faultSeq++
+	rec := &control.FaultRecord{ID: a.cfg.Name + "-f" + strconv.Itoa(a.faultSeq), Portal: p.id, Kind: kind, InjectedAt: at}
+	a.active[rec.ID] = rec
+	return *rec, nil
+}
+
+// Revert ends an active fault (control.Array).
+func (a *Array) Revert(id string) (control.FaultRecord, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	rec := a.active[id]
+	if rec == nil {
+		return control.FaultRecord{}, control.NotFoundf("array %s: no active fault %q; list them with GET /v1/faults", a.cfg.Name, id)
+	}
+	i := slices.IndexFunc(a.portals, func(p *portal) bool { return p.id == rec.Portal })
+	at, err := a.portals[i].proxy.Revert()
+	if err != nil {
+		return control.FaultRecord{}, fmt.Errorf("array %s: revert fault %s on portal %s: %w", a.cfg.Name, id, rec.Portal, err)
+	}
+	rec.RevertedAt = &at
+	delete(a.active, id)
+	return *rec, nil
+}
+
+// Faults lists the active faults in injection order (control.Array).
+func (a *Array) Faults() []control.FaultRecord {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]control.FaultRecord, 0, len(a.active))
+	for _, r := range a.active {
+		out = append(out, *r)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].InjectedAt.Equal(out[j].InjectedAt) {
+			return out[i].InjectedAt.Before(out[j].InjectedAt)
+		}
+		return len(out[i].ID) < len(out[j].ID) || len(out[i].ID) == len(out[j].ID) && out[i].ID < out[j].ID
+	})
+	return out
+}
+
+var _ control.Array = (*Array)(nil)

@@ -1,0 +1,190 @@
+package array
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is one array: one target with its LUNs, served by controllers
+// whose portals each may sit behind a fault proxy.
+//
+//	name: array-a
+//	target: iqn.2024-01.io.certkit:array-a
+//	luns:
+//	  - {id: 0, size: 64MiB}                              # backing: memory
+//	  - {id: 1, size: 1GiB, backing: file, path: /var/tmp/a1.img}
+//	controllers:
+//	  - name: A                                           # TPGT 1
+//	    portals: [{listen: "127.0.0.1:0", proxy: "127.0.0.1:0"}]
+//	  - name: B                                           # TPGT 2
+//	    portals: [{listen: "127.0.0.1:0", proxy: "127.0.0.1:0"}]
+type Config struct {
+	Name        string       `yaml:"name"`
+	Target      string       `yaml:"target"`
+	LUNs        []LUN        `yaml:"luns"`
+	Controllers []Controller `yaml:"controllers"`
+}
+
+// LUN is one logical unit of the target.
+type LUN struct {
+	ID      int    `yaml:"id"`
+	Size    string `yaml:"size"`    // "64MiB", "1GiB", or bytes; a multiple of 512
+	Backing string `yaml:"backing"` // memory (default) or file
+	Path    string `yaml:"path"`    // file backing only; created or grown to Size
+}
+
+// Controller is a target portal group; its TPGT is its index + 1.
+type Controller struct {
+	Name    string         `yaml:"name"`
+	Portals []PortalConfig `yaml:"portals"`
+}
+
+// PortalConfig is one iSCSI portal of a controller.
+type PortalConfig struct {
+	Listen string `yaml:"listen"` // the front end binds exactly this
+	Proxy  string `yaml:"proxy"`  // optional fault proxy address, advertised instead
+}
+
+// Backing kinds.
+const (
+	BackingMemory = "memory"
+	BackingFile   = "file"
+)
+
+// Load reads and validates a YAML array config.
+func Load(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("array config: %w", err)
+	}
+	return Parse(data, path)
+}
+
+// Parse decodes and validates YAML; source names the input in errors.
+// Unknown fields are errors, so a typo does not silently drop a setting.
+func Parse(data []byte, source string) (Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("array config %s: %w", source, err)
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, fmt.Errorf("array config %s: %w", source, err)
+	}
+	return c, nil
+}
+
+var (
+	nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+	iqnRE  = regexp.MustCompile(`^(iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.-]+(:[a-z0-9.:_-]+)?|eui\.[0-9a-f]{16}|naa\.[0-9a-f]{16}([0-9a-f]{16})?)$`)
+)
+
+// Validate checks a config; errors name the field and how to fix it.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if !nameRE.MatchString(c.Name) {
+		bad("name %q: want 1-63 letters, digits, '.', '_' or '-' (e.g. array-a)", c.Name)
+	}
+	if !iqnRE.MatchString(c.Target) {
+		bad("target %q: want a lowercase iSCSI name like iqn.2024-01.io.certkit:%s", c.Target, strings.ToLower(c.Name))
+	}
+	if len(c.LUNs) == 0 {
+		bad("luns: none given; add at least one, e.g. {id: 0, size: 64MiB}")
+	}
+	ids := map[int]bool{}
+	for i, l := range c.LUNs {
+		f := fmt.Sprintf("luns[%d]", i)
+		if l.ID < 0 || l.ID > 16383 {
+			bad("%s.id %d: want 0..16383", f, l.ID)
+		} else if ids[l.ID] {
+			bad("%s.id %d: used twice; give each LUN its own id", f, l.ID)
+		}
+		ids[l.ID] = true
+		if _, err := ParseSize(l.Size); err != nil {
+			bad("%s.size: %v", f, err)
+		}
+		switch l.Backing {
+		case "", BackingMemory:
+			if l.Path != "" {
+				bad("%s.path %q: only file backing has a path; drop it or set backing: file", f, l.Path)
+			}
+		case BackingFile:
+			if l.Path == "" {
+				bad("%s.path: file backing needs a path to the image file", f)
+			}
+		default:
+			bad("%s.backing %q: want memory or file", f, l.Backing)
+		}
+	}
+	if len(c.Controllers) == 0 {
+		bad("controllers: none given; add e.g. {name: A, portals: [{listen: \"127.0.0.1:0\"}]}")
+	}
+	if len(c.Controllers) > 65535 {
+		bad("controllers: %d is more than 65535 portal groups", len(c.Controllers))
+	}
+	names := map[string]bool{}
+	for i, ctl := range c.Controllers {
+		f := fmt.Sprintf("controllers[%d]", i)
+		if !nameRE.MatchString(ctl.Name) {
+			bad("%s.name %q: want a short name like A or B", f, ctl.Name)
+		} else if names[ctl.Name] {
+			bad("%s.name %q: used twice; give each controller its own name", f, ctl.Name)
+		}
+		names[ctl.Name] = true
+		if len(ctl.Portals) == 0 {
+			bad("%s.portals: none given; add e.g. {listen: \"127.0.0.1:0\"}", f)
+		}
+		for j, p := range ctl.Portals {
+			pf := fmt.Sprintf("%s.portals[%d]", f, j)
+			if _, _, err := net.SplitHostPort(p.Listen); err != nil || p.Listen == "" {
+				bad("%s.listen %q: want host:port, e.g. 127.0.0.1:3260 or 127.0.0.1:0 for any port", pf, p.Listen)
+			}
+			if p.Proxy != "" {
+				if _, _, err := net.SplitHostPort(p.Proxy); err != nil {
+					bad("%s.proxy %q: want host:port, e.g. 127.0.0.1:0, or leave it out", pf, p.Proxy)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+var sizeRE = regexp.MustCompile(`^([0-9]+)\s*(B|KiB|MiB|GiB|TiB)?$`)
+
+// ParseSize reads "64MiB", "1GiB", "512KiB", "1TiB" or a plain byte count.
+// The size must be a positive multiple of 512 (the block size).
+func ParseSize(s string) (int64, error) {
+	m := sizeRE.FindStringSubmatch(strings.TrimSpace(s))
+	if m == nil {
+		return 0, fmt.Errorf("%q: want a byte count or a binary size like 64MiB, 1GiB (KiB, MiB, GiB, TiB)", s)
+	}
+	n, err := strconv.ParseInt(m[1], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q: %v", s, err)
+	}
+	shift := map[string]uint{"": 0, "B": 0, "KiB": 10, "MiB": 20, "GiB": 30, "TiB": 40}[m[2]]
+	if n > (1<<62)>>shift {
+		return 0, fmt.Errorf("%q: too large", s)
+	}
+	n <<= shift
+	if n <= 0 || n%512 != 0 {
+		return 0, fmt.Errorf("%q: want a positive multiple of 512 bytes", s)
+	}
+	return n, nil
+}
+
+// TPGT is the target portal group tag of controller index i.
+func TPGT(i int) uint16 { return uint16(i + 1) }
+
+// PortalID names portal j of controller ctl: "A0", "B1".
+func PortalID(ctl string, j int) string { return ctl + strconv.Itoa(j) }

@@ -1,0 +1,165 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"syscall"
+)
+
+// maxResponseBody bounds what the client reads from an array.
+const maxResponseBody = 16 << 20
+
+// Client calls an array's control API. Every call is bounded by its context.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// NewClient calls the control API at baseURL ("http://127.0.0.1:4321") with
+// token as its bearer token.
+func NewClient(baseURL, token string) *Client {
+	return &Client{base: strings.TrimRight(baseURL, "/"), token: token, http: &http.Client{}}
+}
+
+// URL is the array's control URL, as errors name it.
+func (c *Client) URL() string { return c.base }
+
+// APIError is an error answer from the array. errors.Is matches it against
+// ErrInvalid, ErrUnauthorized, ErrNotFound and ErrConflict by status.
+type APIError struct {
+	URL     string // the array's control URL
+	Op      string // what the client tried, e.g. "inject blackhole on portal A0"
+	Status  int
+	Message string // the array's message
+
+	reverted []FaultRecord // RevertAll's partial result
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("array control at %s: %s: %s", e.URL, e.Op, e.Message)
+}
+
+func (e *APIError) Is(target error) bool {
+	class := classOf(e.Status)
+	return class != nil && target == class
+}
+
+// Info describes the array: targets, LUNs, portals and their faults.
+func (c *Client) Info(ctx context.Context) (Info, error) {
+	var info Info
+	err := c.do(ctx, "get info", http.MethodGet, "/v1/info", nil, http.StatusOK, &info)
+	return info, err
+}
+
+// Faults lists the active faults.
+func (c *Client) Faults(ctx context.Context) ([]FaultRecord, error) {
+	var recs []FaultRecord
+	err := c.do(ctx, "list faults", http.MethodGet, "/v1/faults", nil, http.StatusOK, &recs)
+	return recs, err
+}
+
+// Inject starts a fault of kind on portal (a portal ID such as "A0").
+func (c *Client) Inject(ctx context.Context, portal, kind string) (FaultRecord, error) {
+	var rec FaultRecord
+	op := fmt.Sprintf("inject %s on portal %s", kind, portal)
+	err := c.do(ctx, op, http.MethodPost, "/v1/faults", InjectRequest{Portal: portal, Kind: kind}, http.StatusCreated, &rec)
+	return rec, err
+}
+
+// Revert ends the fault with the given ID and returns its final record.
+func (c *Client) Revert(ctx context.Context, id string) (FaultRecord, error) {
+	var rec FaultRecord
+	if id == "" {
+		return rec, fmt.Errorf("array control at %s: revert fault: empty fault ID (RevertAll reverts every fault)", c.base)
+	}
+	err := c.do(ctx, "revert fault "+id, http.MethodDelete, "/v1/faults/"+url.PathEscape(id), nil, http.StatusOK, &rec)
+	return rec, err
+}
+
+// RevertAll ends every active fault. When some reverts fail it still returns
+// the faults that were reverted, with an error naming the others.
+func (c *Client) RevertAll(ctx context.Context) ([]FaultRecord, error) {
+	var recs []FaultRecord
+	err := c.do(ctx, "revert all faults", http.MethodDelete, "/v1/faults", nil, http.StatusOK, &recs)
+	var apiErr *APIError
+	if errors.As(err, &apiErr) {
+		recs = apiErr.reverted
+	}
+	return recs, err
+}
+
+func (c *Client) do(ctx context.Context, op, method, path string, in any, want int, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("array control at %s: %s: encoding request: %w", c.base, op, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return fmt.Errorf("array control at %s: %s: %w", c.base, op, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Accept", "application/json")
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return c.transportError(op, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody))
+	if err != nil {
+		return c.transportError(op, err)
+	}
+	if resp.StatusCode != want {
+		return c.apiError(op, resp, b)
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("array control at %s: %s: decoding %s response: %w", c.base, op, resp.Status, err)
+	}
+	return nil
+}
+
+func (c *Client) transportError(op string, err error) error {
+	// *url.Error repeats method and URL; the prefix already names the array.
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		err = uerr.Err
+	}
+	hint := ""
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		hint = " (is the array running and serving its control API at this address?)"
+	}
+	return fmt.Errorf("array control at %s: %s: %w%s", c.base, op, err, hint)
+}
+
+func (c *Client) apiError(op string, resp *http.Response, b []byte) error {
+	e := &APIError{URL: c.base, Op: op, Status: resp.StatusCode}
+	var body struct {
+		Error    string        `json:"error"`
+		Reverted []FaultRecord `json:"reverted"`
+	}
+	if json.Unmarshal(b, &body) == nil && body.Error != "" {
+		e.Message = body.Error
+		e.reverted = body.Reverted
+	} else {
+		const max = 200
+		if len(b) > max {
+			b = b[:max]
+		}
+		e.Message = fmt.Sprintf("unexpected response %s: %q", resp.Status, bytes.TrimSpace(b))
+	}
+	return e
+}

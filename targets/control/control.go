@@ -1,0 +1,137 @@
+// Package control is the HTTP+JSON control API of a certkit array: what the
+// harness uses to see an array's targets and portals and to inject and revert
+// path faults, whether the array runs in-process, as a child process or on a
+// lab machine.
+//
+// Routes (all need "Authorization: Bearer <token>"):
+//
+//	GET    /v1/info          Info
+//	GET    /v1/faults        active faults, []FaultRecord
+//	POST   /v1/faults        {"portal": "A0", "kind": "blackhole"} -> 201 FaultRecord
+//	DELETE /v1/faults/{id}   revert one fault -> FaultRecord
+//	DELETE /v1/faults        revert every active fault -> []FaultRecord
+//
+// Errors are {"error": "<what failed and what to do>"} with 400 (bad request
+// or fault kind), 401 (missing or wrong token), 404 (unknown portal, fault or
+// route), 405, 409 (a fault is already active on the portal) or 500.
+package control
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// LUN is one logical unit of a target.
+type LUN struct {
+	ID        int    `json:"id"`
+	NAA       string `json:"naa"`
+	SizeBytes int64  `json:"size_bytes"`
+}
+
+// Target is one iSCSI target of the array.
+type Target struct {
+	IQN  string `json:"iqn"`
+	LUNs []LUN  `json:"luns"`
+}
+
+// Portal is one network portal: a controller port behind its fault proxy.
+type Portal struct {
+	ID         string `json:"id"` // controller name + index: "A0", "B0"
+	Controller string `json:"controller"`
+	TPGT       int    `json:"tpgt"`
+	Address    string `json:"address"` // advertised address (the proxy's)
+	Fault      string `json:"fault"`   // active fault kind, "" when none
+}
+
+// Info describes an array.
+type Info struct {
+	Name    string   `json:"name"`
+	Targets []Target `json:"targets"`
+	Portals []Portal `json:"portals"`
+}
+
+// FaultRecord is one injected fault; RevertedAt is nil while it is active.
+type FaultRecord struct {
+	ID         string     `json:"id"`
+	Portal     string     `json:"portal"`
+	Kind       string     `json:"kind"`
+	InjectedAt time.Time  `json:"injected_at"`
+	RevertedAt *time.Time `json:"reverted_at,omitempty"`
+}
+
+// Array is what the control API serves. Implementations report what went
+// wrong with errors from NotFoundf, Conflictf and Invalidf (or errors
+// wrapping ErrNotFound, ErrConflict, ErrInvalid) so the API answers 404, 409
+// and 400; any other error is a 500.
+type Array interface {
+	Info() Info
+	Inject(portal, kind string) (FaultRecord, error)
+	Revert(id string) (FaultRecord, error)
+	Faults() []FaultRecord // active only
+}
+
+// Error classes, shared by server and client: errors.Is(err, ErrNotFound)
+// holds for an Array's NotFoundf error and for the Client's error on a 404.
+var (
+	ErrInvalid      = errors.New("invalid request")          // 400
+	ErrUnauthorized = errors.New("missing or invalid token") // 401
+	ErrNotFound     = errors.New("not found")                // 404
+	ErrConflict     = errors.New("conflict")                 // 409
+)
+
+// NotFoundf reports an unknown portal or fault ID (404).
+func NotFoundf(format string, args ...any) error { return classed(ErrNotFound, format, args) }
+
+// Conflictf reports a request that clashes with the array's state, such as
+// a second fault on a portal (409).
+func Conflictf(format string, args ...any) error { return classed(ErrConflict, format, args) }
+
+// Invalidf reports a request the array cannot accept, such as an unknown
+// fault kind (400).
+func Invalidf(format string, args ...any) error { return classed(ErrInvalid, format, args) }
+
+func classed(class error, format string, args []any) error {
+	return &classedError{msg: fmt.Sprintf(format, args...), class: class}
+}
+
+// classedError keeps the caller's message as is (no "not found: " prefix)
+// and still matches its class with errors.Is.
+type classedError struct {
+	msg   string
+	class error
+}
+
+func (e *classedError) Error() string        { return e.msg }
+func (e *classedError) Is(target error) bool { return target == e.class }
+
+// statusOf maps an error to the status the API answers with.
+func statusOf(err error) int {
+	switch {
+	case errors.Is(err, ErrInvalid):
+		return http.StatusBadRequest
+	case errors.Is(err, ErrUnauthorized):
+		return http.StatusUnauthorized
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, ErrConflict):
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
+}
+
+// classOf is the error class of a response status, nil for other statuses.
+func classOf(status int) error {
+	switch status {
+	case http.StatusBadRequest:
+		return ErrInvalid
+	case http.StatusUnauthorized:
+		return ErrUnauthorized
+	case http.StatusNotFound:
+		return ErrNotFound
+	case http.StatusConflict:
+		return ErrConflict
+	}
+	return nil
+}

@@ -1,0 +1,290 @@
+package control
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// maxRequestBody bounds a request body; the largest valid one is a few dozen bytes.
+const maxRequestBody = 64 << 10
+
+type handler struct {
+	a         Array
+	tokenHash [sha256.Size]byte
+	noToken   bool
+	mux       *http.ServeMux
+}
+
+// NewHandler serves the control API of a, accepting only requests that carry
+// token as a bearer token. An empty token refuses every request (fail closed).
+func NewHandler(a Array, token string) http.Handler {
+	h := &handler{a: a, tokenHash: sha256.Sum256([]byte(token)), noToken: token == ""}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/info", h.info)
+	mux.HandleFunc("GET /v1/faults", h.faults)
+	mux.HandleFunc("POST /v1/faults", h.inject)
+	mux.HandleFunc("DELETE /v1/faults", h.revertAll)
+	mux.HandleFunc("DELETE /v1/faults/{id}", h.revert)
+	// The same paths without a method answer 405 in JSON, not net/http's text.
+	mux.HandleFunc("/v1/info", methodNotAllowed("GET"))
+	mux.HandleFunc("/v1/faults", methodNotAllowed("GET, POST, DELETE"))
+	mux.HandleFunc("/v1/faults/{id}", methodNotAllowed("DELETE"))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s: the control API serves /v1/info and /v1/faults", r.Method, r.URL.Path))
+	})
+	h.mux = mux
+	return h
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	if h.noToken {
+		writeError(w, http.StatusInternalServerError, "array control has no token configured: restart the array with a control token")
+		return
+	}
+	if msg := h.checkToken(r.Header.Get("Authorization")); msg != "" {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="certkit array control"`)
+		writeError(w, http.StatusUnauthorized, msg)
+		return
+	}
+	h.mux.ServeHTTP(w, r)
+}
+
+// checkToken returns why the Authorization header is refused, "" if it is
+// accepted. The messages never repeat what the caller sent.
+func (h *handler) checkToken(header string) string {
+	if header == "" {
+		return "missing bearer token: send the array's control token as Authorization: Bearer <token>"
+	}
+	scheme, token, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "Authorization is not a bearer token: send the array's control token as Authorization: Bearer <token>"
+	}
+	// Comparing hashes keeps the comparison constant-time in the token's length too.
+	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	if subtle.ConstantTimeCompare(sum[:], h.tokenHash[:]) != 1 {
+		return "invalid bearer token: use the control token the array was started with"
+	}
+	return ""
+}
+
+func (h *handler) info(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, h.a.Info())
+}
+
+func (h *handler) faults(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, nonNil(h.a.Faults()))
+}
+
+// InjectRequest is the body of POST /v1/faults.
+type InjectRequest struct {
+	Portal string `json:"portal"`
+	Kind   string `json:"kind"`
+}
+
+func (h *handler) inject(w http.ResponseWriter, r *http.Request) {
+	const example = `{"portal": "A0", "kind": "blackhole"}`
+	var req InjectRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("inject: request body is not a fault request (%v); send %s", err, example))
+		return
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, "inject: request body holds more than one JSON value; send "+example)
+		return
+	}
+	if req.Portal == "" || req.Kind == "" {
+		writeError(w, http.StatusBadRequest, `inject: request needs both "portal" and "kind"; send `+example)
+		return
+	}
+	rec, err := h.a.Inject(req.Portal, req.Kind)
+	if err != nil {
+		writeError(w, statusOf(err), err.Error())
+		return
+	}
+	w.Header().Set("Location", "/v1/faults/"+url.PathEscape(rec.ID))
+	writeJSON(w, http.StatusCreated, rec)
+}
+
+func (h *handler) revert(w http.ResponseWriter, r *http.Request) {
+	rec, err := h.a.Revert(r.PathValue("id"))
+	if err != nil {
+		writeError(w, statusOf(err), err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, rec)
+}
+
+// revertAllBody is the error body of DELETE /v1/faults when some reverts
+// failed: the ones that succeeded are still reported.
+type revertAllBody struct {
+	Error    string        `json:"error"`
+	Reverted []FaultRecord `json:"reverted"`
+}
+
+// revertAll reverts every active fault, carrying on past failures so that
+// one stuck fault does not leave the others injected.
+func (h *handler) revertAll(w http.ResponseWriter, r *http.Request) {
+	reverted := []FaultRecord{}
+	var msgs []string
+	status := http.StatusOK
+	for _, f := range h.a.Faults() {
+		rec, err := h.a.Revert(f.ID)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			// Reverted by someone else meanwhile: the goal is reached.
+		case err != nil:
+			if status == http.StatusOK {
+				status = statusOf(err)
+			}
+			msgs = append(msgs, fmt.Sprintf("revert fault %s on portal %s: %v", f.ID, f.Portal, err))
+		default:
+			reverted = append(reverted, rec)
+		}
+	}
+	if msgs != nil {
+		writeJSON(w, status, revertAllBody{Error: strings.Join(msgs, "; "), Reverted: reverted})
+		return
+	}
+	writeJSON(w, http.StatusOK, reverted)
+}
+
+func methodNotAllowed(allow string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, allow))
+	}
+}
+
+// errorBody is every error response.
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, errorBody{Error: msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b, _ = json.Marshal(errorBody{Error: "encoding response: " + err.Error()})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// DefaultAddr is where Serve listens when given no address.
+const DefaultAddr = "127.0.0.1:0"
+
+// ServeOption changes how Serve listens.
+type ServeOption func(*serveConfig)
+
+type serveConfig struct {
+	allowRemote bool
+}
+
+// AllowRemote lets Serve bind an address other hosts can reach. The API is
+// plain HTTP: the token crosses the network in the clear, so use it only on
+// a lab network you trust.
+func AllowRemote() ServeOption { return func(c *serveConfig) { c.allowRemote = true } }
+
+// Server is a running control API.
+type Server struct {
+	srv  *http.Server
+	url  string
+	done chan error // the result of http.Server.Serve
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Serve binds exactly addr (DefaultAddr when empty) and serves the control
+// API of a there. Addresses that are not loopback are refused unless
+// AllowRemote is given.
+func Serve(addr string, a Array, token string, opts ...ServeOption) (*Server, error) {
+	var cfg serveConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if addr == "" {
+		addr = DefaultAddr
+	}
+	if token == "" {
+		return nil, fmt.Errorf("array control: serve on %s: empty control token; give the array a token", addr)
+	}
+	if !cfg.allowRemote {
+		if err := checkLoopback(addr); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("array control: listen on %s: %w", addr, err)
+	}
+	s := &Server{
+		srv: &http.Server{
+			Handler:           NewHandler(a, token),
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+		},
+		url:  "http://" + ln.Addr().String(),
+		done: make(chan error, 1),
+	}
+	go func() { s.done <- s.srv.Serve(ln) }()
+	return s, nil
+}
+
+// checkLoopback refuses addresses other hosts could reach. Host names other
+// than localhost are refused too: what they resolve to is not ours to trust.
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("array control: serve on %q: not host:port: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("array control: refusing to serve on %s: not a loopback address, and the API carries its token over plain HTTP; "+
+		"listen on 127.0.0.1, or pass control.AllowRemote() on a trusted lab network", addr)
+}
+
+// URL is the base URL clients use, e.g. "http://127.0.0.1:4321".
+func (s *Server) URL() string { return s.url }
+
+// Close stops the server and drops open connections.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		err := s.srv.Close()
+		if serr := <-s.done; err == nil && !errors.Is(serr, http.ErrServerClosed) {
+			err = serr
+		}
+		if err != nil {
+			s.closeErr = fmt.Errorf("array control at %s: close: %w", s.url, err)
+		}
+	})
+	return s.closeErr
+}

@@ -1,0 +1,236 @@
+package frontend
+
+import (
+	"encoding/binary"
+
+	"github.com/certkit/certkit/iscsi"
+	"github.com/gostor/gotgt/pkg/api"
+)
+
+// NoLUN is the LUN number given to gotgt for a LUN field this front end
+// cannot decode; no LU has it, so the SCSI layer answers it as absent.
+const NoLUN = ^uint64(0)
+
+// lunNumber decodes a single-level SAM LUN field (peripheral or flat space
+// addressing, as REPORT LUNS hands them out).
+func lunNumber(field uint64) uint64 {
+	b0, b1 := byte(field>>56), byte(field>>48)
+	switch b0 >> 6 {
+	case 0: // peripheral device addressing, bus 0
+		if b0 == 0 {
+			return uint64(b1)
+		}
+	case 1: // flat space addressing
+		return uint64(b0&0x3f)<<8 | uint64(b1)
+	}
+	return NoLUN
+}
+
+// GotgtLUN is how gotgt's SCSITargetService reads api.SCSICommand.Lun: the
+// LUN number in host byte order (it casts the array to a uint64).
+func GotgtLUN(cmd *api.SCSICommand) uint64 { return binary.NativeEndian.Uint64(cmd.Lun[:]) }
+
+// minInBuffer keeps gotgt's emulation from indexing past a short Data-In
+// buffer (MODE SENSE writes fixed offsets); only EDTL bytes are ever sent.
+const minInBuffer = 512
+
+// command builds the api.SCSICommand for a task the way gotgt's own
+// iscsit fills it: ITNexusID of the session, LUN number in host byte order,
+// ITT as tag, the relative target port from the portal's TPGT, and non-nil
+// data buffers.
+func (s *session) command(t *task) *api.SCSICommand {
+	lun := lunNumber(t.lun)
+	cmd := &api.SCSICommand{
+		OpCode:          t.cdb[0],
+		State:           api.SCSICommandQueued,
+		SCB:             t.cdb,
+		SCBLength:       len(t.cdb),
+		Attribute:       t.attr,
+		Tag:             uint64(t.itt),
+		RelTargetPortID: s.tpgt,
+		ITNexusLuInfo:   &api.ITNexusLuInfo{ID: lun},
+	}
+	if s.nexus != nil {
+		cmd.ITNexusID = s.nexus.ID
+		cmd.ITNexus = s.nexus
+	}
+	binary.NativeEndian.PutUint64(cmd.Lun[:], lun)
+	switch {
+	case t.read && t.write:
+		cmd.Direction = api.SCSIDataBidirection
+	case t.read:
+		cmd.Direction = api.SCSIDataRead
+	case t.write:
+		cmd.Direction = api.SCSIDataWrite
+	default:
+		cmd.Direction = api.SCSIDataNone
+	}
+	inLen := uint32(0)
+	if t.read {
+		inLen = t.edtl
+	}
+	cmd.InSDBBuffer = &api.SCSIDataBuffer{Buffer: make([]byte, max(inLen, minInBuffer)), Length: inLen}
+	cmd.OutSDBBuffer = &api.SCSIDataBuffer{Buffer: t.buf, Length: uint32(len(t.buf))}
+	return cmd
+}
+
+// execute runs the task in the SCSI layer and returns its response PDUs.
+func (s *session) execute(t *task) []outPDU {
+	cmd := s.command(t)
+	switch {
+	case t.tooLarge, t.read && t.write:
+		// Bidirectional commands are not supported; oversize transfers are
+		// refused: INVALID FIELD IN CDB.
+		setSense(cmd, 0x05, 0x24, 0x00)
+	default:
+		s.callSCSI(cmd)
+	}
+	return s.responses(t, cmd)
+}
+
+// callSCSI calls the SCSI layer, turning a panic in it (gotgt has paths that
+// index short buffers) into CHECK CONDITION, HARDWARE ERROR, INTERNAL
+// TARGET FAILURE instead of killing the process.
+func (s *session) callSCSI(cmd *api.SCSICommand) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.logf("SCSI layer panicked on opcode 0x%02x: %v", cmd.OpCode, r)
+			setSense(cmd, 0x04, 0x44, 0x00)
+		}
+	}()
+	s.srv.cfg.SCSI.Execute(cmd)
+}
+
+// setSense makes cmd end with CHECK CONDITION and fixed-format sense.
+func setSense(cmd *api.SCSICommand, key, asc, ascq byte) {
+	b := make([]byte, 18)
+	b[0] = 0x70
+	b[2] = key
+	b[7] = 10
+	b[12], b[13] = asc, ascq
+	cmd.Result = api.SAM_STAT_CHECK_CONDITION
+	cmd.SenseBuffer = &api.SenseBuffer{Buffer: b, Length: uint32(len(b))}
+}
+
+// allocationLength is the CDB's allocation length for the data-in commands
+// gotgt may answer with more than was asked (its Resid then exceeds EDTL).
+func allocationLength(cdb []byte) (uint32, bool) {
+	be16 := func(i int) uint32 { return uint32(binary.BigEndian.Uint16(cdb[i:])) }
+	be32 := func(i int) uint32 { return binary.BigEndian.Uint32(cdb[i:]) }
+	switch cdb[0] {
+	case 0x12: // INQUIRY
+		return be16(3), true
+	case 0x03, 0x1a: // REQUEST SENSE, MODE SENSE(6)
+		return uint32(cdb[4]), true
+	case 0x5a, 0x5e: // MODE SENSE(10), PERSISTENT RESERVE IN
+		return be16(7), true
+	case 0xa0, 0xa3: // REPORT LUNS, MAINTENANCE IN
+		return be32(6), true
+	case 0x9e: // SERVICE ACTION IN(16)
+		return be32(10), true
+	}
+	return 0, false
+}
+
+// residual says how the transfer compares with the Expected Data Transfer
+// Length: flag is iscsi.FlagOverflow, iscsi.FlagUnder or 0.
+func residual(edtl, wanted uint32) (flag byte, count uint32) {
+	switch {
+	case wanted > edtl:
+		return iscsi.FlagOverflow, wanted - edtl
+	case wanted < edtl:
+		return iscsi.FlagUnder, edtl - wanted
+	}
+	return 0, 0
+}
+
+// responses turns an executed command into Data-In PDUs and status. Good
+// status of a read rides in the last Data-In (S bit); anything with sense
+// gets its own SCSI Response.
+func (s *session) responses(t *task, cmd *api.SCSICommand) []outPDU {
+	status := cmd.Result
+	var sense []byte
+	if status != api.SAM_STAT_GOOD && cmd.SenseBuffer != nil {
+		n := min(int(cmd.SenseBuffer.Length), len(cmd.SenseBuffer.Buffer))
+		sense = cmd.SenseBuffer.Buffer[:n]
+	}
+	var data []byte
+	var resFlag byte
+	var resCount uint32
+	switch {
+	case t.read && !t.write && status == api.SAM_STAT_GOOD:
+		// gotgt's Resid is the number of bytes the command produced, 0
+		// meaning "the whole buffer".
+		in := cmd.InSDBBuffer
+		n, wanted := t.edtl, t.edtl
+		if in.Resid > 0 && in.Resid < t.edtl {
+			n, wanted = in.Resid, in.Resid
+		}
+		if in.Resid > t.edtl {
+			wanted = in.Resid
+			if alloc, ok := allocationLength(t.cdb); ok {
+				wanted = max(min(wanted, alloc), t.edtl)
+			}
+		}
+		data = in.Buffer[:n]
+		resFlag, resCount = residual(t.edtl, wanted)
+	case t.write && !t.read && cmd.TL > 0:
+		resFlag, resCount = residual(t.edtl, cmd.TL)
+	case t.read && !t.write:
+		resFlag, resCount = residual(t.edtl, 0)
+	}
+
+	var out []outPDU
+	collapse := status == api.SAM_STAT_GOOD && len(data) > 0
+	seg := s.par.peerRecv
+	burst := s.par.maxBurst
+	var dataSN, inBurst uint32
+	for off := 0; off < len(data); {
+		n := min(int(seg), len(data)-off, int(burst-inBurst))
+		p := iscsi.New(iscsi.OpDataIn)
+		p.SetITT(t.itt)
+		p.SetTTT(iscsi.ReservedTag)
+		p.SetDataSN(dataSN)
+		p.SetBufferOffset(uint32(off))
+		p.Data = data[off : off+n]
+		dataSN++
+		inBurst += uint32(n)
+		off += n
+		var flags byte
+		last := off == len(data)
+		if last || inBurst == burst {
+			flags |= iscsi.FlagFinal
+			inBurst = 0
+		}
+		st := statNone
+		if last && collapse {
+			flags |= iscsi.FlagStatus | resFlag
+			p.BHS[3] = status
+			p.SetResidualCount(resCount)
+			st = statAdvance
+		}
+		p.SetFlags(flags)
+		out = append(out, outPDU{p: p, stat: st})
+	}
+	if collapse {
+		return out
+	}
+	r := iscsi.New(iscsi.OpSCSIResponse)
+	r.SetFlags(iscsi.FlagFinal | resFlag)
+	r.BHS[2] = 0 // command completed at target
+	r.BHS[3] = status
+	r.SetITT(t.itt)
+	r.SetU32(20, 0) // SNACK Tag
+	if t.write {
+		r.SetDataSN(t.r2tSN) // ExpDataSN: R2Ts sent
+	} else {
+		r.SetDataSN(dataSN) // ExpDataSN: Data-In PDUs sent
+	}
+	r.SetResidualCount(resCount)
+	if len(sense) > 0 {
+		r.Data = make([]byte, 2+len(sense))
+		binary.BigEndian.PutUint16(r.Data, uint16(len(sense)))
+		copy(r.Data[2:], sense)
+	}
+	return append(out, outPDU{p: r, stat: statAdvance})
+}

@@ -1,0 +1,356 @@
+// Package frontend is certkit's iSCSI target session layer (RFC 7143): it
+// listens on the portals of one target, runs login (AuthMethod=None) and
+// operational negotiation, discovery (SendTargets) and full-feature sessions,
+// and hands every SCSI command, fully built as a gotgt api.SCSICommand, to a
+// SCSI layer (see SCSI; targets/array wires gotgt's in).
+//
+// Scope: ErrorRecoveryLevel 0, one connection per session, CHAP not yet.
+// gotgt's own session layer (pkg/port/iscsit) is not used: it loses the
+// command after a non-immediate NOP-Out (see ../shared/notes/gotgt.md).
+package frontend
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/certkit/certkit/iscsi"
+	"github.com/gostor/gotgt/pkg/api"
+)
+
+// SCSI is the SCSI layer behind a Server. Execute runs one command
+// synchronously; on return cmd.Result, cmd.SenseBuffer, cmd.InSDBBuffer
+// (data and gotgt's Resid) and cmd.TL describe the outcome, as gotgt's
+// SCSITargetService.AddCommandQueue leaves them. AddNexus registers the I_T
+// nexus of a session before its first command; RemoveNexus forgets it.
+type SCSI interface {
+	AddNexus(n *api.ITNexus) error
+	RemoveNexus(n *api.ITNexus)
+	Execute(cmd *api.SCSICommand)
+}
+
+// Portal is one listening address of the target and its portal group.
+type Portal struct {
+	Listen string // host:port to bind exactly; port 0 picks one
+	TPGT   uint16 // target portal group tag; also the SCSI relative target port ID
+}
+
+// Config describes the target a Server serves. Zero values take the defaults
+// named on each field.
+type Config struct {
+	TargetName string // IQN
+	Portals    []Portal
+	SCSI       SCSI
+
+	QueueDepth   int           // CmdSN window, MaxCmdSN-ExpCmdSN+1 when idle; default 128
+	LoginTimeout time.Duration // a connection must finish login within it; default 15s
+
+	// Offers in operational negotiation (the initiator's values are honoured
+	// when smaller).
+	MaxRecvDataSegmentLength uint32 // what this target accepts; default 262144
+	FirstBurstLength         uint32 // default 65536
+	MaxBurstLength           uint32 // default 262144
+	MaxOutstandingR2T        uint32 // default 8
+
+	// Logf receives one line per notable event (login, reject, close); nil
+	// discards.
+	Logf func(format string, args ...any)
+
+	// Trace, when set, sees every PDU of full feature phase: received (in)
+	// or about to be sent. It runs on the session's goroutines and must
+	// not keep or change the PDU.
+	Trace func(in bool, p *iscsi.PDU)
+}
+
+func (c *Config) setDefaults() {
+	if c.QueueDepth <= 0 {
+		c.QueueDepth = 128
+	}
+	if c.LoginTimeout <= 0 {
+		c.LoginTimeout = 15 * time.Second
+	}
+	if c.MaxRecvDataSegmentLength == 0 {
+		c.MaxRecvDataSegmentLength = 262144
+	}
+	if c.FirstBurstLength == 0 {
+		c.FirstBurstLength = 65536
+	}
+	if c.MaxBurstLength == 0 {
+		c.MaxBurstLength = 262144
+	}
+	if c.MaxOutstandingR2T == 0 {
+		c.MaxOutstandingR2T = 8
+	}
+	if c.Logf == nil {
+		c.Logf = func(string, ...any) {}
+	}
+}
+
+func (c *Config) validate() error {
+	if c.TargetName == "" {
+		return errors.New("frontend: TargetName is empty: set the target's IQN")
+	}
+	if len(c.Portals) == 0 {
+		return fmt.Errorf("frontend: target %s has no portals: give at least one listen address", c.TargetName)
+	}
+	if c.SCSI == nil {
+		return fmt.Errorf("frontend: target %s has no SCSI layer: set Config.SCSI", c.TargetName)
+	}
+	for _, v := range []struct {
+		name string
+		v    uint32
+	}{{"MaxRecvDataSegmentLength", c.MaxRecvDataSegmentLength}, {"FirstBurstLength", c.FirstBurstLength}, {"MaxBurstLength", c.MaxBurstLength}} {
+		if v.v < 512 || v.v > 1<<24-1 {
+			return fmt.Errorf("frontend: target %s: %s %d is outside 512..16777215", c.TargetName, v.name, v.v)
+		}
+	}
+	if c.QueueDepth > 1<<20 {
+		return fmt.Errorf("frontend: target %s: QueueDepth %d is too large (at most 1048576)", c.TargetName, c.QueueDepth)
+	}
+	return nil
+}
+
+type portal struct {
+	ln        net.Listener
+	tpgt      uint16
+	mu        sync.Mutex
+	advertise string
+}
+
+func (p *portal) advertised() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.advertise
+}
+
+// sessionKey names an I_T nexus: a new login for the same key reinstates
+// (replaces) the session.
+type sessionKey struct {
+	initiator string
+	isid      [6]byte
+	tpgt      uint16
+}
+
+// Server serves one target on its portals.
+type Server struct {
+	cfg     Config
+	portals []*portal
+
+	mu       sync.Mutex
+	closed   bool
+	conns    map[net.Conn]struct{}
+	sessions map[sessionKey]*session
+	byTSIH   map[uint16]*session
+	nextTSIH uint16
+
+	wg sync.WaitGroup
+}
+
+// Listen binds every portal's address and starts serving. A failed bind
+// closes what was bound and returns an error naming the address.
+func Listen(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:      cfg,
+		conns:    map[net.Conn]struct{}{},
+		sessions: map[sessionKey]*session{},
+		byTSIH:   map[uint16]*session{},
+	}
+	for _, p := range cfg.Portals {
+		ln, err := net.Listen("tcp", p.Listen)
+		if err != nil {
+			for _, q := range s.portals {
+				q.ln.Close()
+			}
+			return nil, fmt.Errorf("frontend: target %s: listen on portal %s (TPGT %d): %w; use a free local address", cfg.TargetName, p.Listen, p.TPGT, err)
+		}
+		s.portals = append(s.portals, &portal{ln: ln, tpgt: p.TPGT, advertise: ln.Addr().String()})
+	}
+	for _, p := range s.portals {
+		s.wg.Add(1)
+		go s.accept(p)
+	}
+	return s, nil
+}
+
+// Addrs returns the bound address of each portal, in Config.Portals order.
+func (s *Server) Addrs() []string {
+	out := make([]string, len(s.portals))
+	for i, p := range s.portals {
+		out[i] = p.ln.Addr().String()
+	}
+	return out
+}
+
+// Advertise sets the address SendTargets reports for portal i (in
+// Config.Portals order), e.g. a fault proxy in front of it. By default a
+// portal advertises its bound address.
+func (s *Server) Advertise(i int, addr string) error {
+	if i < 0 || i >= len(s.portals) {
+		return fmt.Errorf("frontend: target %s: no portal %d (have %d)", s.cfg.TargetName, i, len(s.portals))
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("frontend: target %s: advertised address %q for portal %d: %w", s.cfg.TargetName, addr, i, err)
+	}
+	p := s.portals[i]
+	p.mu.Lock()
+	p.advertise = addr
+	p.mu.Unlock()
+	return nil
+}
+
+// Close stops the listeners, drops every connection and waits until every
+// goroutine of the server has returned.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	for _, p := range s.portals {
+		p.ln.Close()
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) logf(format string, args ...any) {
+	s.cfg.Logf("frontend: target "+s.cfg.TargetName+": "+format, args...)
+}
+
+func (s *Server) accept(p *portal) {
+	defer s.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.logf("portal %s: accept: %v", p.ln.Addr(), err)
+			// Transient (e.g. out of file descriptors): back off briefly.
+			t := time.NewTimer(20 * time.Millisecond)
+			<-t.C
+			continue
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			return
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.serve(c, p)
+	}
+}
+
+func (s *Server) serve(c net.Conn, p *portal) {
+	defer s.wg.Done()
+	defer func() {
+		c.Close()
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+	}()
+	sess, err := s.login(c, p)
+	if err != nil {
+		if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+			s.logf("portal %s: login from %s: %v", p.ln.Addr(), c.RemoteAddr(), err)
+		}
+		return
+	}
+	sess.run()
+}
+
+// register makes sess the session of its I_T nexus, reinstating (closing
+// and awaiting) an older one, and gives it a TSIH. wantTSIH non-zero is a
+// login that names an existing session.
+func (s *Server) register(sess *session, wantTSIH uint16) (status uint16, err error) {
+	key := sessionKey{sess.initiator, sess.isid, sess.tpgt}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return statusServiceUnavailable, errors.New("server closing")
+	}
+	old := s.sessions[key]
+	if wantTSIH != 0 {
+		if old == nil || old.tsih != wantTSIH {
+			s.mu.Unlock()
+			return statusSessionMissing, fmt.Errorf("no session with TSIH %d for %s ISID %x", wantTSIH, sess.initiator, sess.isid)
+		}
+	}
+	s.mu.Unlock()
+	if old != nil {
+		s.logf("reinstating session TSIH %d of %s ISID %x", old.tsih, old.initiator, old.isid)
+		old.close()
+		t := time.NewTimer(s.cfg.LoginTimeout)
+		defer t.Stop()
+		select {
+		case <-old.gone:
+		case <-t.C:
+			return statusTargetError, fmt.Errorf("old session TSIH %d did not end within %v", old.tsih, s.cfg.LoginTimeout)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return statusServiceUnavailable, errors.New("server closing")
+	}
+	if cur := s.sessions[key]; cur != nil {
+		return statusTargetError, fmt.Errorf("a concurrent login for %s ISID %x won", sess.initiator, sess.isid)
+	}
+	tsih := wantTSIH
+	if tsih == 0 {
+		for i := 0; i < 1<<16; i++ {
+			s.nextTSIH++
+			if s.nextTSIH == 0 {
+				s.nextTSIH = 1
+			}
+			if s.byTSIH[s.nextTSIH] == nil {
+				tsih = s.nextTSIH
+				break
+			}
+		}
+		if tsih == 0 {
+			return statusOutOfResources, errors.New("no free TSIH")
+		}
+	}
+	sess.tsih = tsih
+	s.sessions[key] = sess
+	s.byTSIH[tsih] = sess
+	return 0, nil
+}
+
+func (s *Server) unregister(sess *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := sessionKey{sess.initiator, sess.isid, sess.tpgt}
+	if s.sessions[key] == sess {
+		delete(s.sessions, key)
+	}
+	if s.byTSIH[sess.tsih] == sess {
+		delete(s.byTSIH, sess.tsih)
+	}
+}
+
+// targetAddresses renders every portal for SendTargets: "host:port,TPGT".
+func (s *Server) targetAddresses() []string {
+	out := make([]string, 0, len(s.portals))
+	for _, p := range s.portals {
+		out = append(out, p.advertised()+","+strconv.Itoa(int(p.tpgt)))
+	}
+	return out
+}
