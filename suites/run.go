@@ -102,13 +102,13 @@ func Run(ctx context.Context, cfg RunConfig) (Outcome, error) {
 		if err := cfg.Bundle.AddResult(res); err != nil {
 			fmt.Fprintf(logw, "certkit: recording the result of %s: %v\n", res.ID, err)
 		}
-		if err := env.Bundle.WriteJSON("tests/"+res.ID+"/result.json", res); err != nil {
-			fmt.Fprintf(logw, "certkit: recording the result of %s: %v\n", res.ID, err)
-		}
 		if r.State.Is(types.SpecStateInterrupted) {
 			outcome.Interrupted = true
 		}
 	})
+
+	runStart := time.Now()
+	defer env.collectHostLogs(runStart, logw)
 
 	suiteCfg, repCfg := ginkgo.GinkgoConfiguration()
 	suiteCfg.Timeout = 24 * time.Hour // specs bound themselves with profile timings
@@ -190,40 +190,63 @@ func (e *Env) close() {
 	}
 }
 
-// recordCommand appends one command and its output to the host's command
-// log in the bundle, one file per esxcli command as vm-support names them.
-func (e *Env) recordCommand(host string, r *esxcli.Result) {
-	var b strings.Builder
-	fmt.Fprintf(&b, "### %s .. %s exit=%d $ %s\n", r.Start.UTC().Format(time.RFC3339Nano),
-		r.End.UTC().Format(time.RFC3339Nano), r.ExitCode, r.Command)
-	b.WriteString(r.Stdout)
-	if r.Stderr != "" {
-		b.WriteString("--- stderr\n")
-		b.WriteString(r.Stderr)
+// hostLogs are the host logs copied into the bundle, as vm-support lays them out.
+var hostLogs = []string{"/var/log/vmkernel.log"}
+
+// collectHostLogs copies the lines of each host log written since the run
+// started (with a minute's margin for clock skew) into the bundle.
+func (e *Env) collectHostLogs(since time.Time, logw io.Writer) {
+	ctx, cancel := context.WithTimeout(context.Background(), e.Profile.Timings.CommandTimeout.Duration)
+	defer cancel()
+	for _, h := range e.Hosts {
+		for _, path := range hostLogs {
+			r, err := h.Esxcli.Shell(ctx, "cat "+path)
+			if err != nil {
+				fmt.Fprintf(logw, "certkit: host %s: copying %s: %v\n", h.Name, path, err)
+				continue
+			}
+			dir, err := bundle.HostDir(h.Name)
+			if err == nil {
+				err = e.Bundle.WriteFile(dir+path, []byte(logSince(r.Stdout, since.Add(-time.Minute))))
+			}
+			if err != nil {
+				fmt.Fprintf(logw, "certkit: host %s: recording %s: %v\n", h.Name, path, err)
+			}
+		}
 	}
-	if !strings.HasSuffix(b.String(), "\n") {
-		b.WriteByte('\n')
-	}
-	_ = e.Bundle.AppendFile("hosts/"+host+"/commands/"+CommandLogName(r.Command), []byte(b.String()))
 }
 
-// CommandLogName names the log file of a command line: the command words
-// before the first option, joined by '_' ("esxcli_storage_core_path_list.txt").
-func CommandLogName(cmdline string) string {
-	var words []string
-	for _, w := range strings.Fields(cmdline) {
-		if strings.HasPrefix(w, "-") || strings.ContainsAny(w, "/=") {
-			break
+// logSince keeps the lines from the first one stamped at or after t (ESXi
+// stamps lines "2026-11-23T16:04:10.007Z cpu0:..."); unstamped lines stay
+// with the line before them.
+func logSince(log string, t time.Time) string {
+	lines := strings.SplitAfter(log, "\n")
+	for i, l := range lines {
+		stamp, _, ok := strings.Cut(l, " ")
+		if !ok {
+			continue
 		}
-		words = append(words, w)
+		if at, err := time.Parse(time.RFC3339Nano, stamp); err == nil && !at.Before(t) {
+			return strings.Join(lines[i:], "")
+		}
 	}
-	if len(words) == 0 {
-		return "shell.txt"
+	return ""
+}
+
+// recordCommand appends one command and what the host returned to the
+// host's command log in the bundle.
+func (e *Env) recordCommand(host string, r *esxcli.Result) {
+	out := r.Stdout + r.Stderr
+	if log, ok := strings.CutPrefix(r.Command, "cat /var/log/"); ok {
+		// The run's window of the log is stored under var/log; the command
+		// log keeps the record that it was read, not a second copy.
+		out = fmt.Sprintf("(%d bytes; the run's window is in hosts/%s/var/log/%s)\n", len(r.Stdout), host, log)
 	}
-	if words[0] != "esxcli" {
-		return "shell_" + words[0] + ".txt"
+	if r.Err != "" {
+		out += "certkit: " + r.Err + "\n"
 	}
-	return strings.Join(words, "_") + ".txt"
+	_ = e.Bundle.LogCommand(host, bundle.Command{Start: r.Start, Duration: r.End.Sub(r.Start),
+		Command: r.Command, ExitCode: r.ExitCode, Output: []byte(out)})
 }
 
 func (e *Env) writeTimeline() {

@@ -122,7 +122,7 @@ func TestNoFailoverHostFailsTheSuite(t *testing.T) {
 		t.Fatalf("bundle results: %+v", s)
 	}
 	// It must fail for the right reason: I/O did not move, not a setup error.
-	for _, want := range []string{"no read of", "still lists the dead path"} {
+	for _, want := range []string{"Input/output error", "no surviving path carried reads"} {
 		if !strings.Contains(out+errOut, want) {
 			t.Errorf("the failure does not say %q:\n%s\n%s", want, out, errOut)
 		}

@@ -191,7 +191,7 @@ func (v *verifier) scan(r io.Reader) (map[string]*entryInfo, []byte) {
 		var dst io.Writer = h
 		var mbuf *bytes.Buffer
 		if name == ManifestName && hdr.Size <= v.lim.manifest {
-			mbuf = bytes.NewBuffer(make([]byte, 0, hdr.Size))
+			mbuf = bytes.NewBuffer(make([]byte, 0, min(hdr.Size, 1<<20))) // grows only as data arrives
 			dst = io.MultiWriter(h, mbuf)
 		}
 		size, err := io.CopyBuffer(dst, io.LimitReader(tr, hdr.Size), buf)

@@ -123,10 +123,14 @@ func (w *Writer) Path() string { return w.path }
 // StagingDir is where files are staged until Close.
 func (w *Writer) StagingDir() string { return w.staging }
 
+// stagingTemp prefixes temporary files in the staging directory.
+const stagingTemp = ".staging-"
+
 // reserved names are written by the Writer itself.
 func reserved(name string) bool {
 	return name == ManifestName || name == ResultsJSONName || name == JUnitName ||
-		(strings.HasPrefix(name, "tests/") && path.Base(name) == ResultFile)
+		(strings.HasPrefix(name, "tests/") && path.Base(name) == ResultFile) ||
+		strings.HasPrefix(path.Base(name), stagingTemp)
 }
 
 // check validates a name the caller gives WriteFile or AppendFile.
@@ -265,7 +269,7 @@ func (w *Writer) writeLocked(name string, data []byte) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	f, err := os.CreateTemp(dir, ".staging-*")
+	f, err := os.CreateTemp(dir, stagingTemp+"*")
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
@@ -326,6 +330,9 @@ func (w *Writer) pack() error {
 	if err != nil {
 		return err
 	}
+	if err := checkLimits(files, defaultLimits); err != nil {
+		return err
+	}
 	w.manifest.FinishedAt = w.now().UTC()
 	w.manifest.Files = files
 	if err := w.writeJSONLocked(ManifestName, w.manifest); err != nil {
@@ -353,6 +360,9 @@ func (w *Writer) pack() error {
 	}
 	if err := bw.Flush(); err != nil {
 		return fmt.Errorf("writing %s: %w", tmp.Name(), err)
+	}
+	if fi, err := tmp.Stat(); err == nil && fi.Size() > defaultLimits.archive {
+		return fmt.Errorf("archive is %d bytes, over the %d-byte limit Verify enforces", fi.Size(), defaultLimits.archive)
 	}
 	if err := tmp.Chmod(0o644); err != nil {
 		return err
@@ -393,7 +403,7 @@ func (w *Writer) stagedFiles() ([]FileEntry, error) {
 			return fmt.Errorf("%s: not a regular file (%s); bundles hold regular files only", name, d.Type())
 		case name == ManifestName:
 			return nil
-		case strings.HasPrefix(d.Name(), ".staging-"):
+		case strings.HasPrefix(d.Name(), stagingTemp):
 			return nil // leftover of a failed write
 		}
 		if err := checkName(name); err != nil {
@@ -411,6 +421,24 @@ func (w *Writer) stagedFiles() ([]FileEntry, error) {
 	}
 	slices.SortFunc(files, func(a, b FileEntry) int { return strings.Compare(a.Path, b.Path) })
 	return files, nil
+}
+
+// checkLimits refuses to pack a bundle that Verify would reject.
+func checkLimits(files []FileEntry, lim limits) error {
+	if len(files)+1 > lim.entries {
+		return fmt.Errorf("%d files, over the %d-entry limit Verify enforces", len(files)+1, lim.entries)
+	}
+	var total int64
+	for _, f := range files {
+		if f.Size > lim.entry {
+			return fmt.Errorf("%s: %d bytes, over the %d-byte per-file limit Verify enforces", f.Path, f.Size, lim.entry)
+		}
+		total += f.Size
+	}
+	if total > lim.total*9/10 { // tar headers and padding take the rest
+		return fmt.Errorf("%d bytes of files, near or over the %d-byte limit Verify enforces", total, lim.total)
+	}
+	return nil
 }
 
 func hashFile(p string) (string, int64, error) {

@@ -256,6 +256,7 @@ func TestWriterRejectsBadNamesNamingThem(t *testing.T) {
 		ManifestName:           "manifest.json is written by the bundle writer",
 		JUnitName:              "results/junit.xml is written by the bundle writer",
 		"tests/t1/result.json": "use AddResult",
+		"logs/.staging-1":      "written by the bundle writer",
 	} {
 		for _, op := range []func(string, []byte) error{w.WriteFile, w.AppendFile} {
 			err := op(name, []byte("x"))
@@ -423,5 +424,21 @@ func TestJUnitInBundle(t *testing.T) {
 	}
 	if props["id"] != "path-failover/blackhole-A0" || props["measurement.path_dead_after"] != "12.4 s" || props["threshold.path_dead_after"] != "<= 26 s" {
 		t.Errorf("properties = %v", props)
+	}
+}
+
+func TestPackRefusesWhatVerifyWouldReject(t *testing.T) {
+	files := []FileEntry{{Path: "a", Size: 10}, {Path: "big", Size: 101}}
+	lim := limits{entries: 10, entry: 100, total: 1000}
+	if err := checkLimits(files, lim); err == nil || !strings.Contains(err.Error(), "big: 101 bytes, over the 100-byte per-file limit") {
+		t.Errorf("per-file: %v", err)
+	}
+	lim = limits{entries: 2, entry: 1000, total: 10000}
+	if err := checkLimits(files, lim); err == nil || !strings.Contains(err.Error(), "3 files, over the 2-entry limit") {
+		t.Errorf("entries: %v", err)
+	}
+	lim = limits{entries: 10, entry: 1000, total: 100}
+	if err := checkLimits(files, lim); err == nil || !strings.Contains(err.Error(), "111 bytes of files") {
+		t.Errorf("total: %v", err)
 	}
 }

@@ -72,7 +72,7 @@ func Start(ctx context.Context, cfg Config) (*Array, error) {
 }
 
 // StartWith is Start with Options.
-func StartWith(ctx context.Context, cfg Config, opt Options) (_ *Array, err error) {
+func StartWith(ctx context.Context, cfg Config, opt Options) (res *Array, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("array %s: %w", cfg.Name, err)
 	}
@@ -80,7 +80,7 @@ func StartWith(ctx context.Context, cfg Config, opt Options) (_ *Array, err erro
 	defer func() {
 		if err != nil {
 			a.Close()
-			err = fmt.Errorf("array %s: %w", cfg.Name, err)
+			res, err = nil, fmt.Errorf("array %s: %w", cfg.Name, err)
 		}
 	}()
 	var specs []lunSpec

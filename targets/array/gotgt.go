@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 
 	"github.com/certkit/certkit/targets/frontend"
@@ -254,11 +255,12 @@ var sharedOps = func() (m [256]bool) {
 func (t *scsiTarget) Execute(cmd *api.SCSICommand) {
 	lun := frontend.GotgtLUN(cmd)
 	op := cmd.SCB[0]
+	if api.SCSICommandType(op) == api.REPORT_LUNS {
+		t.reportLUNs(cmd)
+		return
+	}
 	if _, ok := t.luns[lun]; !ok {
 		switch api.SCSICommandType(op) {
-		case api.REPORT_LUNS: // target-wide: answer through LUN 0
-			var zero [8]byte
-			cmd.Lun = zero
 		case api.INQUIRY:
 			absentInquiry(cmd)
 			return
@@ -287,6 +289,38 @@ func (t *scsiTarget) Execute(cmd *api.SCSICommand) {
 	if err := svc.AddCommandQueue(t.tid, cmd); err != nil {
 		checkCondition(cmd, 0x04, 0x44, 0x00)
 	}
+}
+
+// reportLUNs answers REPORT LUNS in ascending LUN order (gotgt walks a map,
+// so its order changes from call to call). LUN 0 is listed even when not
+// configured, as gotgt does: hosts address the target through it.
+func (t *scsiTarget) reportLUNs(cmd *api.SCSICommand) {
+	alloc := binary.BigEndian.Uint32(cmd.SCB[6:10])
+	if alloc < 16 {
+		checkCondition(cmd, 0x05, 0x24, 0x00) // INVALID FIELD IN CDB
+		return
+	}
+	ids := []uint64{0}
+	for id := range t.luns {
+		if id != 0 {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	d := make([]byte, 8, 8+8*len(ids))
+	binary.BigEndian.PutUint32(d, uint32(8*len(ids)))
+	for _, id := range ids {
+		var f uint64
+		if id < 256 {
+			f = id << 48 // peripheral device addressing
+		} else {
+			f = (0x40|id>>8&0x3f)<<56 | (id&0xff)<<48 // flat space addressing
+		}
+		d = binary.BigEndian.AppendUint64(d, f)
+	}
+	copy(cmd.InSDBBuffer.Buffer, d[:min(len(d), int(alloc))])
+	cmd.InSDBBuffer.Resid = uint32(min(len(d), int(alloc)))
+	cmd.Result = api.SAM_STAT_GOOD
 }
 
 // absentInquiry answers standard INQUIRY for a LUN that is not there:

@@ -379,6 +379,9 @@ func TestDiscoveryListsEveryPortalAsAdvertised(t *testing.T) {
 	if err != nil || frontendtest.LoginStatus(resp) != 0 {
 		t.Fatalf("discovery login: %v %v", err, resp)
 	}
+	if binary.BigEndian.Uint16(resp.BHS[14:]) == 0 {
+		t.Error("discovery session got TSIH 0")
+	}
 	p := iscsi.New(iscsi.OpTextReq)
 	p.SetFlags(iscsi.FlagFinal)
 	p.SetITT(c.NextITT())
@@ -943,5 +946,22 @@ func TestLoginTimeoutDropsSilentConnections(t *testing.T) {
 	defer c.Close()
 	if err := c.WaitClosed(); err != nil {
 		t.Errorf("a connection that never logs in: %v", err)
+	}
+}
+
+// A command the target rejects still used up its CmdSN at the initiator;
+// the target must count it too or every later command waits forever.
+func TestRejectedCommandStillTakesItsCmdSN(t *testing.T) {
+	s := start(t, nil)
+	c := login(t, s.addr(), 19, iscsi.KV{Key: "ImmediateData", Value: "No"})
+	bad := scsiCmd(c, frontendtest.Write10(0, 1), iscsi.FlagFinal|iscsi.FlagWrite, 512)
+	bad.Data = make([]byte, 512) // immediate data that was not negotiated
+	send(t, c, bad)
+	if r := recv(t, c); r.Opcode() != iscsi.OpReject || r.BHS[2] != 0x04 {
+		t.Fatalf("got %s reason 0x%02x, want Reject (protocol error)", r, r.BHS[2])
+	}
+	res, err := c.Command(0, tur, 0, nil)
+	if err != nil || res.CheckGood() != nil {
+		t.Fatalf("command after a rejected one: %v %v", err, res)
 	}
 }

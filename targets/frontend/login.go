@@ -386,10 +386,10 @@ func (l *loginConn) finish(out iscsi.Text) (*session, error) {
 	sess.initiator, sess.alias, sess.isid, sess.discovery = l.initiator, l.alias, l.isid, l.discovery
 	sess.cid = l.cid
 	sess.expCmdSN = l.cmdSN
+	if st, err := l.srv.register(sess, l.tsih); err != nil {
+		return nil, failLogin(st, "%v", err)
+	}
 	if !l.discovery {
-		if st, err := l.srv.register(sess, l.tsih); err != nil {
-			return nil, failLogin(st, "%v", err)
-		}
 		sess.nexus = &api.ITNexus{Tag: fmt.Sprintf("%s,i,0x%x,%s,t,0x%04x", sess.initiator, sess.isid, l.srv.cfg.TargetName, sess.tpgt)}
 		// The same I_T nexus (initiator port + target port) keeps its ID
 		// across sessions, as SCSI reservations expect.

@@ -7,9 +7,9 @@ import (
 	"github.com/gostor/gotgt/pkg/api"
 )
 
-// NoLUN is the LUN number given to gotgt for a LUN field this front end
+// noLUN is the LUN number given to gotgt for a LUN field this front end
 // cannot decode; no LU has it, so the SCSI layer answers it as absent.
-const NoLUN = ^uint64(0)
+const noLUN = ^uint64(0)
 
 // lunNumber decodes a single-level SAM LUN field (peripheral or flat space
 // addressing, as REPORT LUNS hands them out).
@@ -23,7 +23,7 @@ func lunNumber(field uint64) uint64 {
 	case 1: // flat space addressing
 		return uint64(b0&0x3f)<<8 | uint64(b1)
 	}
-	return NoLUN
+	return noLUN
 }
 
 // GotgtLUN is how gotgt's SCSITargetService reads api.SCSICommand.Lun: the

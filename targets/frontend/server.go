@@ -285,7 +285,10 @@ func (s *Server) register(sess *session, wantTSIH uint16) (status uint16, err er
 		s.mu.Unlock()
 		return statusServiceUnavailable, errors.New("server closing")
 	}
-	old := s.sessions[key]
+	var old *session
+	if !sess.discovery {
+		old = s.sessions[key]
+	}
 	if wantTSIH != 0 {
 		if old == nil || old.tsih != wantTSIH {
 			s.mu.Unlock()
@@ -309,7 +312,7 @@ func (s *Server) register(sess *session, wantTSIH uint16) (status uint16, err er
 	if s.closed {
 		return statusServiceUnavailable, errors.New("server closing")
 	}
-	if cur := s.sessions[key]; cur != nil {
+	if cur := s.sessions[key]; cur != nil && !sess.discovery {
 		return statusTargetError, fmt.Errorf("a concurrent login for %s ISID %x won", sess.initiator, sess.isid)
 	}
 	tsih := wantTSIH
@@ -329,7 +332,9 @@ func (s *Server) register(sess *session, wantTSIH uint16) (status uint16, err er
 		}
 	}
 	sess.tsih = tsih
-	s.sessions[key] = sess
+	if !sess.discovery {
+		s.sessions[key] = sess
+	}
 	s.byTSIH[tsih] = sess
 	return 0, nil
 }

@@ -207,7 +207,7 @@ func (s *session) handle(p *iscsi.PDU) error {
 		switch op {
 		case iscsi.OpNOPOut, iscsi.OpTextReq, iscsi.OpLogoutReq:
 		default:
-			s.sendReject(p, rejectProtocolError, false)
+			s.rejectRequest(p, rejectProtocolError)
 			return nil
 		}
 	}
@@ -230,6 +230,17 @@ func (s *session) handle(p *iscsi.PDU) error {
 		s.sendReject(p, rejectNotSupported, false)
 	}
 	return nil
+}
+
+// rejectRequest rejects a request and, when it is a non-immediate command
+// request, still consumes its CmdSN: the initiator counted it, and a gap
+// would strand every later command (the failure gotgt has for NOP-Outs).
+func (s *session) rejectRequest(p *iscsi.PDU, reason byte) {
+	s.sendReject(p, reason, false)
+	switch p.Opcode() {
+	case iscsi.OpSCSICommand, iscsi.OpTaskMgmtReq, iscsi.OpTextReq, iscsi.OpNOPOut, iscsi.OpLogoutReq:
+		s.deliver(p.CmdSN(), p.Immediate(), false, func() {})
+	}
 }
 
 // deliver runs fn in CmdSN order (RFC 7143 §4.2.2.1). Immediate requests
@@ -403,7 +414,7 @@ func (s *session) scsiCommand(p *iscsi.PDU) error {
 	}
 	data := p.Data
 	if len(data) > 0 && (!t.write || !s.par.immediateData || uint32(len(data)) > t.edtl || uint32(len(data)) > s.par.firstBurst) {
-		s.sendReject(p, rejectProtocolError, false)
+		s.rejectRequest(p, rejectProtocolError)
 		return nil
 	}
 	if t.edtl > maxTransfer {
@@ -427,7 +438,7 @@ func (s *session) scsiCommand(p *iscsi.PDU) error {
 	s.mu.Lock()
 	if _, dup := s.tasks[t.itt]; dup {
 		s.mu.Unlock()
-		s.sendReject(p, rejectProtocolError, false)
+		s.rejectRequest(p, rejectProtocolError)
 		return nil
 	}
 	if len(s.tasks) >= 4*int(s.depth)+64 {
@@ -686,7 +697,7 @@ func (s *session) textReq(p *iscsi.PDU) {
 	s.textBuf = append(s.textBuf, p.Data...)
 	if len(s.textBuf) > 64<<10 {
 		s.textBuf = nil
-		s.sendReject(p, rejectProtocolError, false)
+		s.rejectRequest(p, rejectProtocolError)
 		return
 	}
 	r := iscsi.New(iscsi.OpTextResp)
@@ -702,7 +713,7 @@ func (s *session) textReq(p *iscsi.PDU) {
 	req, err := iscsi.ParseText(s.textBuf)
 	s.textBuf = nil
 	if err != nil {
-		s.sendReject(p, rejectProtocolError, false)
+		s.rejectRequest(p, rejectProtocolError)
 		return
 	}
 	var out iscsi.Text
