@@ -456,3 +456,12 @@ func TestCloseReleasesEverything(t *testing.T) {
 	// The name, IQN and memory are free for a new array.
 	startArray(t, cfg, array.Options{})
 }
+
+// TestMain keeps gotgt's routine warnings (every CHECK CONDITION) out of
+// test output unless CERTKIT_GOTGT_LOG asks for them.
+func TestMain(m *testing.M) {
+	if os.Getenv("CERTKIT_GOTGT_LOG") == "" {
+		os.Setenv("CERTKIT_GOTGT_LOG", "error")
+	}
+	os.Exit(m.Run())
+}

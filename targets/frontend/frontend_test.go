@@ -285,6 +285,27 @@ func TestLoginNegotiatesOperationalKeys(t *testing.T) {
 	}
 }
 
+func TestFirstBurstNeverExceedsMaxBurst(t *testing.T) {
+	s := start(t, nil)
+	c, err := frontendtest.Dial(s.addr(), ioTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, kv, err := c.Login(isid(1), 0, 1, normalKeys(
+		iscsi.KV{Key: "FirstBurstLength", Value: "16384"},
+		iscsi.KV{Key: "MaxBurstLength", Value: "4096"},
+	))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, _ := kv.Get("FirstBurstLength")
+	mb, _ := kv.Get("MaxBurstLength")
+	if fb != "4096" || mb != "4096" {
+		t.Errorf("FirstBurstLength=%s MaxBurstLength=%s, want 4096 each", fb, mb)
+	}
+}
+
 func TestLoginThroughSecurityStage(t *testing.T) {
 	s := start(t, nil)
 	c, err := frontendtest.Dial(s.addr(), ioTimeout)

@@ -1,10 +1,12 @@
 package frontend
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -244,6 +246,11 @@ func (l *loginConn) negotiate(kv iscsi.Text, csg int, out *iscsi.Text) error {
 		}
 		out.Add("TargetPortalGroupTag", strconv.Itoa(int(l.p.tpgt)))
 	}
+	// MaxBurstLength first: FirstBurstLength may not exceed it.
+	kv = slices.Clone(kv)
+	slices.SortStableFunc(kv, func(a, b iscsi.KV) int {
+		return cmp.Compare(boolInt(b.Key == "MaxBurstLength"), boolInt(a.Key == "MaxBurstLength"))
+	})
 	for _, p := range kv {
 		if l.negotiated[p.Key] {
 			continue // a key negotiates once; repeats are ignored
@@ -358,7 +365,7 @@ func (l *loginConn) sessionKey(p iscsi.KV, out *iscsi.Text) {
 	case "DataPDUInOrder", "DataSequenceInOrder":
 		boolean(false, true, &ignored) // Or(initiator, Yes) = Yes
 	case "FirstBurstLength":
-		minimum(512, 1<<24-1, cfg.FirstBurstLength, &l.par.firstBurst)
+		minimum(512, 1<<24-1, min(cfg.FirstBurstLength, l.par.maxBurst), &l.par.firstBurst)
 	case "MaxBurstLength":
 		minimum(512, 1<<24-1, cfg.MaxBurstLength, &l.par.maxBurst)
 	case "MaxOutstandingR2T":
@@ -482,6 +489,13 @@ func parseBool(v string) (bool, bool) {
 		return false, true
 	}
 	return false, false
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func yesNo(b bool) string {

@@ -492,10 +492,7 @@ func (s *session) start(t *task) {
 	}
 	s.queue = append(s.queue, queued{task: t})
 	s.mu.Unlock()
-	select {
-	case s.qsignal <- struct{}{}:
-	default:
-	}
+	s.enqueueSignal()
 	for _, r := range r2ts {
 		if !s.send(outPDU{p: r, stat: statPeek}) {
 			return
