@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Interoperability with Debian's tgtd: discovery, login, the SCSI helpers
@@ -80,8 +82,10 @@ func TestTgtdDiscoveryLoginAndDeviceIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !regexp.MustCompile(`^naa\.[0-9a-f]{16}([0-9a-f]{16})?$`).MatchString(naa) {
-		t.Fatalf("NAA %q is not naa. + 16 or 32 hex digits", naa)
+	// tgtd reports an NAA 3 and an NAA 6 designator; ESXi names the device
+	// after the NAA 6 (IEEE Registered Extended) one.
+	if !regexp.MustCompile(`^naa\.6[0-9a-f]{31}$`).MatchString(naa) {
+		t.Fatalf("NAA %q is not naa. + a 16-byte NAA 6 designator", naa)
 	}
 	blocks, bs, err := s.ReadCapacity(ctx, 1)
 	if err != nil {
@@ -235,6 +239,12 @@ func TestTgtdCancelledCommandsLeaveSessionUsable(t *testing.T) {
 			_, err := s.Read(cctx, 1, 0, uint32(len(want)/tgtdBlockSize), tgtdBlockSize)
 			done <- err
 		}()
+		// Cancel while the read is in flight: once its task exists (unless
+		// it is already over).
+		deadline := time.Now().Add(testTimeout)
+		for s.pending() == 0 && len(done) == 0 && time.Now().Before(deadline) {
+			runtime.Gosched()
+		}
 		cancel()
 		switch err := <-done; {
 		case errors.Is(err, context.Canceled):

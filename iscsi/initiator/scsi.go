@@ -454,25 +454,39 @@ func (s *Session) Write(ctx context.Context, lun, lba uint64, data []byte, block
 	return nil
 }
 
-// DeviceNAA returns "naa.<lowercase hex>" from the first NAA designator
-// with logical-unit association in a Device Identification VPD page
-// (0x83), the name ESXi gives the device.
+// naaRank orders NAA formats the way ESXi picks a device name when a LUN
+// reports several: IEEE Registered Extended (6) first, locally assigned (3)
+// last among the known ones.
+var naaRank = map[byte]int{6: 4, 5: 3, 2: 2, 3: 1}
+
+// DeviceNAA returns "naa.<lowercase hex>" from the NAA designator with
+// logical-unit association in a Device Identification VPD page (0x83), the
+// name ESXi gives the device. With several (tgtd reports NAA 3 and NAA 6),
+// the highest-ranked NAA format wins, then the first.
 func DeviceNAA(vpd83 []byte) (string, error) {
 	if len(vpd83) < 4 || vpd83[1] != 0x83 {
 		return "", errors.New("device identification: not a VPD page 0x83")
 	}
 	end := min(len(vpd83), 4+int(binary.BigEndian.Uint16(vpd83[2:4])))
+	var best []byte
 	var seen []string
 	for i := 4; i+4 <= end; {
 		assoc, typ, n := (vpd83[i+1]>>4)&3, vpd83[i+1]&0x0f, int(vpd83[i+3])
 		if i+4+n > end {
 			return "", fmt.Errorf("device identification: designator at byte %d runs past the page", i)
 		}
+		d := vpd83[i+4 : i+4+n]
 		if typ == 3 && assoc == 0 && n > 0 {
-			return "naa." + hex.EncodeToString(vpd83[i+4:i+4+n]), nil
+			if best == nil || naaRank[d[0]>>4] > naaRank[best[0]>>4] {
+				best = d
+			}
+		} else {
+			seen = append(seen, fmt.Sprintf("type %d/association %d", typ, assoc))
 		}
-		seen = append(seen, fmt.Sprintf("type %d/association %d", typ, assoc))
 		i += 4 + n
 	}
-	return "", fmt.Errorf("device identification: no NAA designator for the logical unit (found %v); configure the target LUN with an NAA identifier", seen)
+	if best == nil {
+		return "", fmt.Errorf("device identification: no NAA designator for the logical unit (found %v); configure the LUN with an NAA identifier", seen)
+	}
+	return "naa." + hex.EncodeToString(best), nil
 }

@@ -36,6 +36,8 @@ type Session struct {
 	sendq      [][]byte // marshalled PDUs for the writer
 	err        error    // why the session ended; nil while it is up
 
+	lastDropped uint32 // reader only
+
 	sendReady chan struct{} // capacity 1: the queue is not empty
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -105,10 +107,11 @@ func newSession(conn net.Conn, br *bufio.Reader, o Options, p Params, cmdSN, exp
 	s := &Session{
 		o: o, params: p, conn: conn, br: br, what: what,
 		cmdSN: cmdSN, expCmdSN: expCmdSN, maxCmdSN: maxCmdSN, expStatSN: expStatSN,
-		windowOpen: make(chan struct{}),
-		tasks:      map[uint32]*task{},
-		sendReady:  make(chan struct{}, 1),
-		done:       make(chan struct{}),
+		windowOpen:  make(chan struct{}),
+		lastDropped: iscsi.ReservedTag,
+		tasks:       map[uint32]*task{},
+		sendReady:   make(chan struct{}, 1),
+		done:        make(chan struct{}),
 	}
 	s.wg.Add(2)
 	go s.readLoop()
@@ -241,12 +244,14 @@ func (s *Session) send(ctx context.Context, immediate bool, req []byte, follow .
 	defer s.mu.Unlock()
 	if !immediate && s.err == nil && serialGT(s.cmdSN, s.maxCmdSN) {
 		s.stalled++
-		if s.stalled == 1 {
-			s.o.Logf("iscsi: %s: CmdSN window closed (CmdSN %d, MaxCmdSN %d); waiting", s.what, s.cmdSN, s.maxCmdSN)
-		}
+		first := s.stalled == 1
 		for s.err == nil && serialGT(s.cmdSN, s.maxCmdSN) && ctx.Err() == nil {
-			open := s.windowOpen
-			s.mu.Unlock()
+			open, cmdSN, maxCmdSN := s.windowOpen, s.cmdSN, s.maxCmdSN
+			s.mu.Unlock() // Logf runs unlocked: it may call back into the session
+			if first {
+				s.o.Logf("iscsi: %s: CmdSN window closed (CmdSN %d, MaxCmdSN %d); waiting", s.what, cmdSN, maxCmdSN)
+				first = false
+			}
 			select {
 			case <-open:
 			case <-s.done:
@@ -386,12 +391,13 @@ func (s *Session) handle(p *iscsi.PDU) error {
 // track takes ExpCmdSN/MaxCmdSN and StatSN from a target PDU
 // (RFC 7143 §4.2.2.1, §4.2.2.2), in serial number arithmetic.
 func (s *Session) track(p *iscsi.PDU) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	exp, max := p.ExpCmdSN(), p.MaxCmdSN()
 	if serialLT(max, exp-1) {
-		s.o.Logf("iscsi: %s: ignoring %s with MaxCmdSN %d < ExpCmdSN-1 (%d)", s.what, p.Opcode(), max, exp-1)
-	} else {
+		s.o.Logf("iscsi: %s: ignored the window of a %s: MaxCmdSN %d < ExpCmdSN-1 (%d)", s.what, p.Opcode(), max, exp-1)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !serialLT(max, exp-1) {
 		if serialGT(exp, s.expCmdSN) {
 			s.expCmdSN = exp
 		}
@@ -458,7 +464,12 @@ func (s *Session) handleLogoutResponse(p *iscsi.PDU) error {
 	return ErrLoggedOut
 }
 
+// dropped notes a PDU for a task the session no longer has, once per task.
 func (s *Session) dropped(p *iscsi.PDU) {
+	if p.ITT() == s.lastDropped {
+		return
+	}
+	s.lastDropped = p.ITT()
 	s.o.Logf("iscsi: %s: dropping %s for ITT 0x%08x: no such task (abandoned?)", s.what, p.Opcode(), p.ITT())
 }
 

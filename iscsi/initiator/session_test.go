@@ -24,6 +24,12 @@ func (s *Session) stalledCount() int {
 	return s.stalled
 }
 
+func (s *Session) pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.tasks)
+}
+
 type cmdResult struct {
 	res *Result
 	err error
@@ -58,28 +64,38 @@ func TestClosedCmdSNWindowStallsCommandsUntilTargetOpensIt(t *testing.T) {
 	ctx := testContext(t)
 	exp, _ := c.window()
 
+	// ping sends a ping, checks it is immediate with the current CmdSN, and
+	// answers it. Queued behind anything sent before it, its arrival also
+	// proves nothing else was sent.
+	ping := func(wantCmdSN uint32) {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() { done <- s.Ping(ctx) }()
+		nop := c.next()
+		if nop.Opcode() != iscsi.OpNOPOut || !nop.Immediate() || nop.CmdSN() != wantCmdSN || nop.TTT() != iscsi.ReservedTag || nop.ITT() == iscsi.ReservedTag {
+			t.Fatalf("got %v immediate=%v CmdSN=%d TTT=0x%x; want the ping: an immediate NOP-Out with CmdSN %d, TTT 0xffffffff, an ITT",
+				nop, nop.Immediate(), nop.CmdSN(), nop.TTT(), wantCmdSN)
+		}
+		c.reply(nopIn(nop.ITT(), iscsi.ReservedTag), true)
+		if err := <-done; err != nil {
+			t.Fatalf("ping while the window is closed: %v", err)
+		}
+	}
+
+	// A command on the closed window is not sent; it gives up when its ctx
+	// ends, consuming no CmdSN.
+	sctx, cancel := context.WithTimeout(ctx, stallTimeout)
+	defer cancel()
+	if _, err := s.Command(sctx, 1, testUnitReady, nil, 0); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("command on a closed window: got %v, want context.DeadlineExceeded", err)
+	}
+	ping(exp)
+
+	// A command waiting for the window goes out, with CmdSN exp, as soon
+	// as an unsolicited NOP-In opens the window by one.
 	ch := goCommand(s, ctx, testUnitReady, nil, 0)
 	eventually(t, "the command to wait for the window", func() bool { return s.stalledCount() == 1 })
-
-	// A ping is immediate: it goes out at once, with the current CmdSN.
-	// Being queued behind anything sent before it, its arrival also proves
-	// the stalled command was not sent.
-	pingDone := make(chan error, 1)
-	go func() { pingDone <- s.Ping(ctx) }()
-	nop := c.nextOp(iscsi.OpNOPOut)
-	if !nop.Immediate() || nop.CmdSN() != exp || nop.TTT() != iscsi.ReservedTag || nop.ITT() == iscsi.ReservedTag {
-		t.Fatalf("ping NOP-Out: immediate=%v CmdSN=%d TTT=0x%x ITT=0x%x; want immediate, CmdSN %d, TTT 0xffffffff, an ITT",
-			nop.Immediate(), nop.CmdSN(), nop.TTT(), nop.ITT(), exp)
-	}
-	c.reply(nopIn(nop.ITT(), iscsi.ReservedTag), true)
-	if err := <-pingDone; err != nil {
-		t.Fatalf("ping while the window is closed: %v", err)
-	}
-	if s.stalledCount() != 1 {
-		t.Fatal("the command stopped waiting before the window opened")
-	}
-
-	// An unsolicited NOP-In opens the window by one.
+	ping(exp)
 	c.setWindow(0)
 	c.reply(nopIn(iscsi.ReservedTag, iscsi.ReservedTag), false)
 	cmd := c.nextOp(iscsi.OpSCSICommand)
@@ -92,21 +108,13 @@ func TestClosedCmdSNWindowStallsCommandsUntilTargetOpensIt(t *testing.T) {
 	}
 
 	// The response acknowledged CmdSN exp without advancing MaxCmdSN: the
-	// window is closed again, and a command gives up when its ctx ends.
-	sctx, cancel := context.WithTimeout(ctx, stallTimeout)
+	// window is closed again.
+	sctx, cancel = context.WithTimeout(ctx, stallTimeout)
 	defer cancel()
 	if _, err := s.Command(sctx, 1, testUnitReady, nil, 0); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("command on a closed window: got %v, want context.DeadlineExceeded", err)
+		t.Fatalf("command on the closed window: got %v, want context.DeadlineExceeded", err)
 	}
-	go func() { pingDone <- s.Ping(ctx) }()
-	nop = c.nextOp(iscsi.OpNOPOut) // nothing was sent before it
-	if nop.CmdSN() != exp+1 {
-		t.Fatalf("ping after the abandoned command has CmdSN %d; want %d (an unsent command consumes no CmdSN)", nop.CmdSN(), exp+1)
-	}
-	c.reply(nopIn(nop.ITT(), iscsi.ReservedTag), true)
-	if err := <-pingDone; err != nil {
-		t.Fatal(err)
-	}
+	ping(exp + 1)
 	if s.Err() != nil {
 		t.Fatalf("session ended: %v", s.Err())
 	}

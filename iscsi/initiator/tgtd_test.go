@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -107,9 +108,11 @@ func launchTgtd(t *testing.T) (*tgtd, error) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	d := &tgtd{Addr: addr, IQN: tgtdIQN, ctl: 20000 + rand.IntN(40000), log: &syncBuffer{}}
+	d := &tgtd{Addr: addr, IQN: tgtdIQN, ctl: 10000 + rand.IntN(22000) /* tgtd takes 0..32767 */, log: &syncBuffer{}}
 	cmd := exec.Command(tgtdBin, "-f", "-C", strconv.Itoa(d.ctl), "--iscsi", "portal="+addr)
 	cmd.Stdout, cmd.Stderr = d.log, d.log
+	// Die with the test binary, even when it is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("%s: %w", tgtdBin, err)
 	}
