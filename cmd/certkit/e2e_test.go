@@ -211,3 +211,78 @@ func TestCtrlCRevertsTheInjectedFault(t *testing.T) {
 		t.Fatalf("the interrupted run's bundle does not verify: %s", verr)
 	}
 }
+
+func TestTargetServePrintsItsEndpointsAndAnswersTheControlAPI(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "array.yaml")
+	if err := os.WriteFile(cfg, []byte(`
+name: lab-array
+target: iqn.2026-11.io.certkit:lab-array
+luns:
+  - id: 0
+    size: 16MiB
+    backing: memory
+controllers:
+  - name: A
+    portals: [{listen: "127.0.0.1:0", proxy: "127.0.0.1:0"}]
+  - name: B
+    portals: [{listen: "127.0.0.1:0"}]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(dir, "token")
+	serve := exec.Command(certkitBin, "target", "serve", "--config", cfg, "--token-file", tokenFile)
+	stdout, err := serve.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve.Stderr = os.Stderr
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = serve.Process.Signal(syscall.SIGTERM)
+		_ = serve.Wait()
+	}()
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var url string
+	portals := 0
+	timeout := time.After(30 * time.Second)
+	for url == "" || portals < 2 {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("target serve exited before printing its endpoints")
+			}
+			if rest, ok := strings.CutPrefix(l, "array lab-array: control "); ok {
+				url = strings.Fields(rest)[0]
+			}
+			if strings.HasPrefix(l, "portal ") {
+				portals++
+			}
+		case <-timeout:
+			t.Fatal("target serve printed no control URL and portals within 30 s")
+		}
+	}
+	token, err := os.ReadFile(tokenFile)
+	if err != nil {
+		t.Fatalf("the generated token file: %v", err)
+	}
+	info, err := control.NewClient(url, strings.TrimSpace(string(token))).Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Name != "lab-array" || len(info.Portals) != 2 || len(info.Targets) != 1 || len(info.Targets[0].LUNs) != 1 {
+		t.Fatalf("info = %+v", info)
+	}
+	if _, err := control.NewClient(url, "wrong").Info(context.Background()); err == nil {
+		t.Fatal("the control API answered a wrong token")
+	}
+}
