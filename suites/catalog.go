@@ -25,6 +25,9 @@ type Spec struct {
 	// Body runs the test. It fails through Gomega assertions; ctx ends when
 	// the spec times out or the run is interrupted.
 	Body func(ctx context.Context, env *Env)
+	// Replay re-derives the verdict from what the bundle recorded, with the
+	// same judging code the run used; nil means the spec cannot be replayed.
+	Replay func(rec Recorded) (Verdict, error)
 }
 
 var (

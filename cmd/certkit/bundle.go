@@ -48,7 +48,7 @@ func bundleCmd() *cobra.Command {
 		},
 	}
 	show.Flags().BoolVar(&asJSON, "json", false, `print {"tests":[{"id","status","measurements"}]}`)
-	c.AddCommand(verify, show)
+	c.AddCommand(verify, show, replayCmd())
 	return c
 }
 

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/certkit/certkit/harness/lab"
+	"github.com/certkit/certkit/reports/bundle"
 	"github.com/certkit/certkit/targets/control"
 )
 
@@ -99,6 +100,9 @@ func TestRunAgainstTheEmbeddedLabPassesAndWritesAVerifiableBundle(t *testing.T) 
 	if vout, verr, code := certkit(t, "bundle", "verify", bundlePath); code != 0 {
 		t.Fatalf("bundle verify: exit %d: %s%s", code, vout, verr)
 	}
+	if rout, rerr, code := certkit(t, "bundle", "replay", bundlePath); code != 0 {
+		t.Fatalf("bundle replay: exit %d: %s%s", code, rout, rerr)
+	}
 	s := show(t, bundlePath)
 	if len(s.Tests) != 1 || s.Tests[0].ID != "failover.path.noop-timeout" || s.Tests[0].Status != "passed" {
 		t.Fatalf("bundle results: %+v", s)
@@ -127,6 +131,59 @@ func TestNoFailoverHostFailsTheSuite(t *testing.T) {
 			t.Errorf("the failure does not say %q:\n%s\n%s", want, out, errOut)
 		}
 	}
+
+	// The raw evidence supports the recorded failure...
+	if rout, rerr, code := certkit(t, "bundle", "replay", lastLine(out)); code != 0 {
+		t.Fatalf("replay of the failed run: exit %d\n%s%s", code, rout, rerr)
+	}
+	// ...and a bundle re-sealed to claim a pass, intact as an archive, is
+	// caught by replay: its evidence says otherwise.
+	forged := forgePass(t, lastLine(out))
+	if vout, verr, code := certkit(t, "bundle", "verify", forged); code != 0 {
+		t.Fatalf("the forged bundle should be intact as an archive: exit %d %s%s", code, vout, verr)
+	}
+	rout, rerr, code := certkit(t, "bundle", "replay", forged)
+	if code != 1 || !strings.Contains(rout, "recorded passed, but the evidence says failed") {
+		t.Fatalf("replay of a bundle forged to pass: exit %d, want 1 naming the false verdict\n%s%s", code, rout, rerr)
+	}
+}
+
+// forgePass re-seals a bundle with every result rewritten to passed, the
+// way a tamperer with the tool would: the archive verifies, the evidence
+// does not agree.
+func forgePass(t *testing.T, path string) string {
+	t.Helper()
+	b, err := bundle.Read(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := filepath.Join(t.TempDir(), "forged.tgz")
+	w, err := bundle.Create(forged, bundle.Meta{ToolVersion: b.Manifest().ToolVersion, Lab: b.Manifest().Lab})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range b.Manifest().Files {
+		if f.Path == bundle.ManifestName || strings.HasPrefix(f.Path, "results/") || strings.HasSuffix(f.Path, "/"+bundle.ResultFile) {
+			continue
+		}
+		data, err := b.File(f.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.WriteFile(f.Path, data); err != nil {
+			t.Fatalf("copying %s: %v", f.Path, err)
+		}
+	}
+	for _, r := range b.Results() {
+		r.Status, r.Reason = bundle.StatusPassed, ""
+		if err := w.AddResult(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return forged
 }
 
 func TestCtrlCRevertsTheInjectedFault(t *testing.T) {

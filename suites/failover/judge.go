@@ -6,6 +6,7 @@ import (
 
 	"github.com/certkit/certkit/harness/observe"
 	"github.com/certkit/certkit/harness/workload"
+	"github.com/certkit/certkit/reports/bundle"
 )
 
 // Limits are the timings a NOP-Out timeout failover is judged against, taken
@@ -31,6 +32,7 @@ func (l Limits) MaxDetection() time.Duration {
 // alone, so a reviewer can re-derive it without the lab.
 type Evidence struct {
 	Limits     Limits    `json:"limits"`
+	Host       string    `json:"host"` // host the test ran on, as the lab profile names it
 	Device     string    `json:"device"`
 	FaultPath  string    `json:"fault_path"`  // runtime name of the path whose portal went silent
 	OtherPaths []string  `json:"other_paths"` // the paths that stayed up
@@ -62,6 +64,22 @@ type Verdict struct {
 	// RestoreSeconds is from revert to every path being active again; -1 if
 	// that was never seen.
 	RestoreSeconds float64
+}
+
+// Measurements are the verdict's measurements and the bounds they were
+// judged against, as the bundle records them.
+func (v Verdict) Measurements(l Limits) (map[string]bundle.Measurement, map[string]bundle.Threshold) {
+	lo, hi := l.NoopOutTimeout.Seconds(), l.MaxDetection().Seconds()
+	slack, fb := l.DetectionSlack.Seconds(), l.FailbackTimeout.Seconds()
+	return map[string]bundle.Measurement{
+			"detection_seconds":    {Value: v.DetectionSeconds, Unit: "s"},
+			"io_resume_seconds":    {Value: v.IOResumeSeconds, Unit: "s"},
+			"path_restore_seconds": {Value: v.RestoreSeconds, Unit: "s"},
+		}, map[string]bundle.Threshold{
+			"detection_seconds":    {Min: &lo, Max: &hi, Unit: "s"},
+			"io_resume_seconds":    {Max: &slack, Unit: "s"},
+			"path_restore_seconds": {Max: &fb, Unit: "s"},
+		}
 }
 
 // Passed reports whether nothing failed.

@@ -13,6 +13,7 @@ import (
 	. "github.com/onsi/gomega"
 
 	"github.com/certkit/certkit/harness/esxcli"
+	"github.com/certkit/certkit/harness/fault"
 	"github.com/certkit/certkit/harness/observe"
 	"github.com/certkit/certkit/harness/workload"
 	"github.com/certkit/certkit/suites"
@@ -24,9 +25,10 @@ const NoopTimeoutID = "failover.path.noop-timeout"
 
 func init() {
 	suites.Register(suites.Spec{
-		ID:    NoopTimeoutID,
-		Title: "a silent path is declared dead by NOP-Out timeout and I/O moves to a surviving path",
-		Body:  noopTimeout,
+		ID:     NoopTimeoutID,
+		Title:  "a silent path is declared dead by NOP-Out timeout and I/O moves to a surviving path",
+		Body:   noopTimeout,
+		Replay: replayNoopTimeout,
 	})
 }
 
@@ -79,7 +81,7 @@ func noopTimeout(ctx context.Context, env *suites.Env) {
 
 	faultPath, other := workingPath(ctx, esx, device, paths)
 	portal := portalOf(array.Info, faultPath)
-	ev := Evidence{Limits: limits, Device: device, FaultPath: faultPath.RuntimeName}
+	ev := Evidence{Limits: limits, Host: host.Name, Device: device, FaultPath: faultPath.RuntimeName}
 	for _, p := range other {
 		ev.OtherPaths = append(ev.OtherPaths, p.RuntimeName)
 	}
@@ -100,10 +102,7 @@ func noopTimeout(ctx context.Context, env *suites.Env) {
 	ev.ReadsBefore = readOps(ctx, esx, paths)
 	injected, err := env.Faults.Inject(ctx, array.Control, array.Name, portal.ID, "blackhole")
 	Expect(err).NotTo(HaveOccurred())
-	ev.InjectedAt = injected.At
-	if !injected.ArrayAt.IsZero() && injected.ArrayAt.Before(injected.At) {
-		ev.InjectedAt = injected.ArrayAt
-	}
+	ev.InjectedAt = effective(injected)
 
 	By(fmt.Sprintf("waiting up to %s for %s to turn dead", limits.MaxDetection(), faultPath.RuntimeName))
 	wctx, cancel := context.WithTimeout(ctx, limits.MaxDetection())
@@ -122,7 +121,7 @@ func noopTimeout(ctx context.Context, env *suites.Env) {
 	By(fmt.Sprintf("reverting the fault on portal %s and expecting every path active again", portal.ID))
 	reverted, err := env.Faults.Revert(ctx, injected.FaultID)
 	Expect(err).NotTo(HaveOccurred())
-	ev.RevertedAt = reverted.At
+	ev.RevertedAt = effective(reverted)
 	fctx, cancel := context.WithTimeout(ctx, limits.FailbackTimeout)
 	_, _ = watch.WaitFor(fctx, func(s observe.PathSample) bool {
 		return s.States[faultPath.RuntimeName] == "active" && allActive(s, ev.OtherPaths)
@@ -132,16 +131,21 @@ func noopTimeout(ctx context.Context, env *suites.Env) {
 	ev.Samples = watch.Stop()
 
 	v := Judge(ev)
-	env.Measure("detection_seconds", v.DetectionSeconds, "s")
-	lo, hi := limits.NoopOutTimeout.Seconds(), limits.MaxDetection().Seconds()
-	env.Threshold("detection_seconds", &lo, &hi, "s")
-	env.Measure("io_resume_seconds", v.IOResumeSeconds, "s")
-	slack := limits.DetectionSlack.Seconds()
-	env.Threshold("io_resume_seconds", nil, &slack, "s")
-	env.Measure("path_restore_seconds", v.RestoreSeconds, "s")
-	fb := limits.FailbackTimeout.Seconds()
-	env.Threshold("path_restore_seconds", nil, &fb, "s")
+	ms, ths := v.Measurements(limits)
+	for name, m := range ms {
+		env.Measure(name, m.Value, m.Unit)
+		env.Threshold(name, ths[name].Min, ths[name].Max, ths[name].Unit)
+	}
 	Expect(v.Failures).To(BeEmpty(), "verdict of %s", NoopTimeoutID)
+}
+
+// effective is when a fault event took effect: the array's clock when it
+// reports an earlier instant than the harness saw the call return.
+func effective(e fault.Event) time.Time {
+	if !e.ArrayAt.IsZero() && e.ArrayAt.Before(e.At) {
+		return e.ArrayAt
+	}
+	return e.At
 }
 
 func run(ctx context.Context, esx *esxcli.Client, args ...string) *esxcli.Result {
