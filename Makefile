@@ -9,7 +9,7 @@ DEB_PKGS := libiscsi-bin tgt
 DEB_BINS := /usr/bin/iscsi-ls /usr/sbin/tgtd
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build demo test deps fmt-check vet unit clean
+.PHONY: all build demo test bench deps fmt-check vet unit clean
 
 all: build
 
@@ -47,6 +47,13 @@ unit:
 	$(GO) test -race -timeout $(TEST_TIMEOUT) $(PKGS)
 
 test: deps fmt-check vet build unit
+
+# Benchmarks certkit's array against Debian's tgtd (iscsi-perf reads, certkit
+# initiator writes, direct and through the fault proxy); ~5 min; the table
+# and how to read it: targets/BENCH.md. Not part of `make test`.
+BENCH_TIMEOUT ?= 30m
+bench: deps
+	$(GO) test -run '^$$' -bench . -timeout $(BENCH_TIMEOUT) ./targets/bench
 
 clean:
 	rm -rf bin $(OUT)
