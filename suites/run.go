@@ -191,7 +191,7 @@ func (e *Env) close() {
 }
 
 // hostLogs are the host logs copied into the bundle, as vm-support lays them out.
-var hostLogs = []string{"/var/log/vmkernel.log"}
+var hostLogs = []string{"/var/log/vmkernel.log", "/var/log/vobd.log"}
 
 // collectHostLogs copies the lines of each host log written since the run
 // started (with a minute's margin for clock skew) into the bundle.
@@ -226,6 +226,7 @@ func logSince(log string, t time.Time) string {
 		if !ok {
 			continue
 		}
+		stamp = strings.TrimSuffix(stamp, ":") // vobd.log: "2026-11-23T16:04:10.007Z: [...]"
 		if at, err := time.Parse(time.RFC3339Nano, stamp); err == nil && !at.Before(t) {
 			return strings.Join(lines[i:], "")
 		}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -82,12 +83,21 @@ start, 130 interrupted (every injected fault is reverted first).`,
 		},
 	}
 	c.Flags().StringVar(&labArg, "lab", "embedded", `lab profile file, or "embedded"`)
-	c.Flags().StringVar(&defect, "host-defect", "", fmt.Sprintf("emulated host defect (negative control): one of %v", storage.Defects))
+	c.Flags().StringVar(&defect, "host-defect", "", "emulated host defect (negative control):"+defectHelp())
 	c.Flags().StringVar(&outDir, "out", "out", "directory for the bundle")
 	c.Flags().StringVar(&bundlePath, "bundle", "", "bundle file to write (default: <out>/certkit-<lab>-<time>.tgz)")
 	c.Flags().StringSliceVar(&focus, "test", nil, "run only these test IDs (repeatable)")
 	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every step of every test")
 	return c
+}
+
+// defectHelp lists the emulated host's defects with what each one breaks.
+func defectHelp() string {
+	var b strings.Builder
+	for _, d := range storage.Defects {
+		fmt.Fprintf(&b, "\n  %-14s %s", d, storage.DefectDocs[d])
+	}
+	return b.String()
 }
 
 func runCatalog(ctx context.Context, cmd *cobra.Command, profile *lab.Profile, defect, bundlePath string, focus []string, verbose bool) error {

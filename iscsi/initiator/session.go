@@ -122,6 +122,13 @@ func newSession(conn net.Conn, br *bufio.Reader, o Options, p Params, cmdSN, exp
 // Params returns what the login negotiated.
 func (s *Session) Params() Params { return s.params }
 
+// LocalAddr is the initiator's end of the connection (what ESXi shows as a
+// connection's local address).
+func (s *Session) LocalAddr() net.Addr { return s.conn.LocalAddr() }
+
+// RemoteAddr is the portal end of the connection.
+func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
+
 // Done is closed when the connection is gone.
 func (s *Session) Done() <-chan struct{} { return s.done }
 
