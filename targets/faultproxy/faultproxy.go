@@ -1,17 +1,25 @@
 // Package faultproxy is a TCP proxy in front of one iSCSI portal that injects
-// path faults the way a broken network or a failed controller port would:
+// path faults the way a broken network, a failed controller port or a sick
+// array would:
 //
 //   - Blackhole: the path goes silent. Every connection stays open, nothing is
-//     forwarded in either direction, new connections are accepted and held.
-//     The initiator notices only by NOP-Out timeout. Revert resumes the
-//     streams intact and in order.
+//     forwarded in either direction (or only one), new connections are
+//     accepted and held. The initiator notices only by NOP-Out timeout.
+//     Revert resumes the streams intact and in order.
 //   - Reset: every connection is torn down with a TCP RST on the initiator's
 //     side, and new connections are reset as soon as they are accepted. The
 //     initiator notices at once.
+//   - Latency: every chunk is held for a delay, in one direction or both.
+//   - iSCSI-aware faults, which follow PDU boundaries: drop-nopin swallows
+//     the array's NOP-Ins while SCSI I/O flows; fail-opcode answers the
+//     commands with one SCSI opcode with CHECK CONDITION and chosen sense
+//     data (05/25/00 makes a LUN look gone for good, PDL); delay-opcode holds
+//     the answers to those commands.
 //
-// Faults follow toxiproxy's shape: a small value with a direction and a
-// lifetime, one active at a time, Inject and Revert each reporting the instant
-// the fault took effect so the harness can time what the host did.
+// Faults follow toxiproxy's shape: a small value (Fault) with a kind, a
+// direction and parameters, one active at a time, Inject and Revert each
+// reporting the instant the fault took effect so the harness can time what
+// the host did.
 package faultproxy
 
 import (
@@ -21,6 +29,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,29 +39,35 @@ import (
 type Kind string
 
 const (
-	// Blackhole stops forwarding both ways; connections stay open.
+	// Blackhole stops forwarding both ways (or one way, with a Direction);
+	// connections stay open.
 	Blackhole Kind = "blackhole"
 	// Reset closes every connection with a TCP RST and resets new ones.
 	Reset Kind = "reset"
 
-	// BlackholeIn (extension) stops only host-to-array traffic: the array
-	// stops hearing the host, its replies in flight still arrive.
+	// BlackholeIn stops only host-to-array traffic: the array stops hearing
+	// the host, its replies in flight still arrive.
 	BlackholeIn Kind = "blackhole-in"
-	// BlackholeOut (extension) stops only array-to-host traffic: the host
-	// keeps sending and hears nothing back.
+	// BlackholeOut stops only array-to-host traffic: the host keeps sending
+	// and hears nothing back.
 	BlackholeOut Kind = "blackhole-out"
 )
 
 // Kinds lists every fault a Proxy can inject.
-func Kinds() []Kind { return []Kind{Blackhole, Reset, BlackholeIn, BlackholeOut} }
+func Kinds() []Kind {
+	return []Kind{Blackhole, Reset, BlackholeIn, BlackholeOut, Latency, DropNOPIn, FailOpcode, DelayOpcode}
+}
 
 // Errors the Proxy's methods wrap, for callers that map them (the array's
 // control API answers 400/409 from them).
 var (
-	ErrUnknownKind = errors.New("faultproxy: unknown fault kind")
-	ErrFaultActive = errors.New("faultproxy: a fault is already active")
-	ErrNoFault     = errors.New("faultproxy: no fault active")
-	ErrClosed      = errors.New("faultproxy: proxy closed")
+	// ErrInvalidFault: a fault the proxy cannot inject as given (unknown
+	// kind, missing or extra parameters). Every ErrUnknownKind is one too.
+	ErrInvalidFault = errors.New("faultproxy: invalid fault")
+	ErrUnknownKind  = errors.New("faultproxy: unknown fault kind")
+	ErrFaultActive  = errors.New("faultproxy: a fault is already active")
+	ErrNoFault      = errors.New("faultproxy: no fault active")
+	ErrClosed       = errors.New("faultproxy: proxy closed")
 )
 
 // dir is one direction of a proxied connection.
@@ -62,19 +77,6 @@ const (
 	toUpstream dir = iota // host -> array
 	toClient              // array -> host
 )
-
-// blocks reports which directions a blackhole kind stops (nil: not a blackhole).
-func (k Kind) blocks() []dir {
-	switch k {
-	case Blackhole:
-		return []dir{toUpstream, toClient}
-	case BlackholeIn:
-		return []dir{toUpstream}
-	case BlackholeOut:
-		return []dir{toClient}
-	}
-	return nil
-}
 
 // gate holds a direction closed; open is closed by Revert.
 type gate struct{ open chan struct{} }
@@ -88,6 +90,13 @@ const bufSize = 128 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 
+// Options tune a Proxy; the zero value is the default.
+type Options struct {
+	// Logf receives notable events, such as a connection whose iSCSI stream
+	// the proxy could not follow; nil discards them.
+	Logf func(format string, args ...any)
+}
+
 // Proxy forwards TCP connections from its listen address to one upstream
 // portal and injects faults on them.
 type Proxy struct {
@@ -97,10 +106,13 @@ type Proxy struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	dialer   net.Dialer
+	logf     func(format string, args ...any)
 
 	// gates[d] is non-nil while direction d is blackholed. Pumps load it
 	// before every read and write, so the hot path costs one atomic load.
 	gates [2]atomic.Pointer[gate]
+	// active is the active fault, nil when none; framers read it per PDU.
+	active atomic.Pointer[Fault]
 
 	mu     sync.Mutex
 	fault  Kind
@@ -112,6 +124,11 @@ type Proxy struct {
 // Listen binds exactly listenAddr and forwards each accepted connection to
 // upstream (host:port), dialled per connection.
 func Listen(listenAddr, upstream string) (*Proxy, error) {
+	return ListenWith(listenAddr, upstream, Options{})
+}
+
+// ListenWith is Listen with Options.
+func ListenWith(listenAddr, upstream string, opt Options) (*Proxy, error) {
 	if _, _, err := net.SplitHostPort(upstream); err != nil {
 		return nil, fmt.Errorf("faultproxy: upstream %q for %s is not host:port: %w", upstream, listenAddr, err)
 	}
@@ -126,6 +143,7 @@ func Listen(listenAddr, upstream string) (*Proxy, error) {
 		name:     ln.Addr().String() + " -> " + upstream,
 		ctx:      ctx,
 		cancel:   cancel,
+		logf:     opt.Logf,
 		links:    make(map[*link]struct{}),
 	}
 	p.wg.Add(1)
@@ -139,80 +157,119 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 // Upstream is the portal address the proxy forwards to.
 func (p *Proxy) Upstream() string { return p.upstream }
 
-// Fault is the active fault, "" when none.
+// Fault is the kind of the active fault, "" when none.
 func (p *Proxy) Fault() Kind {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.fault
 }
 
-func (p *Proxy) errorf(sentinel error, format string, args ...any) error {
-	return &proxyError{msg: "faultproxy " + p.name + ": " + fmt.Sprintf(format, args...), sentinel: sentinel}
+// ActiveFault is the active fault as injected (in canonical form: a
+// one-way blackhole reads as blackhole-in/-out, an empty direction as
+// both); false when none is active.
+func (p *Proxy) ActiveFault() (Fault, bool) {
+	if f := p.active.Load(); f != nil {
+		return *f, true
+	}
+	return Fault{}, false
+}
+
+func (p *Proxy) errorf(sentinels []error, format string, args ...any) error {
+	return &proxyError{msg: "faultproxy " + p.name + ": " + fmt.Sprintf(format, args...), sentinels: sentinels}
 }
 
 // proxyError reads as a sentence naming the proxy and still matches its
-// sentinel with errors.Is.
+// sentinels with errors.Is.
 type proxyError struct {
-	msg      string
-	sentinel error
+	msg       string
+	sentinels []error
 }
 
 func (e *proxyError) Error() string        { return e.msg }
-func (e *proxyError) Is(target error) bool { return target == e.sentinel }
+func (e *proxyError) Is(target error) bool { return slices.Contains(e.sentinels, target) }
 
-// Inject starts fault k on every open and every new connection and returns
-// the instant it took effect. Only one fault is active at a time.
-func (p *Proxy) Inject(k Kind) (time.Time, error) {
-	if k != Reset && k.blocks() == nil {
-		return time.Time{}, p.errorf(ErrUnknownKind, "unknown fault kind %q (want one of %v)", k, Kinds())
+// Inject is InjectFault(Fault{Kind: k}): fault k without parameters (a
+// blackhole in both directions unless k is blackhole-in/-out).
+func (p *Proxy) Inject(k Kind) (time.Time, error) { return p.InjectFault(Fault{Kind: k}) }
+
+// InjectFault starts f on every open and every new connection and returns
+// the instant it took effect. Only one fault is active at a time. Faults
+// that read the iSCSI stream act from the next PDU boundary of each
+// connection on; fail-opcode and delay-opcode act on the commands the host
+// sends from then on.
+func (p *Proxy) InjectFault(f Fault) (time.Time, error) {
+	nf, err := f.normalize()
+	if err != nil {
+		classes := []error{ErrInvalidFault}
+		if errors.Is(err, ErrUnknownKind) {
+			classes = append(classes, ErrUnknownKind)
+		}
+		return time.Time{}, p.errorf(classes, "inject: %v", err)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return time.Time{}, p.errorf(ErrClosed, "inject %s: proxy is closed", k)
+		return time.Time{}, p.errorf([]error{ErrClosed}, "inject %s: proxy is closed", nf)
 	}
-	if p.fault != "" {
-		return time.Time{}, p.errorf(ErrFaultActive, "inject %s: fault %s is already active; revert it first", k, p.fault)
+	if cur := p.active.Load(); cur != nil {
+		return time.Time{}, p.errorf([]error{ErrFaultActive}, "inject %s: fault %s is already active; revert it first", nf, cur)
 	}
-	p.fault = k
-	if k == Reset {
+	p.fault = nf.Kind
+	p.active.Store(&nf)
+	switch nf.Kind {
+	case Reset:
 		for l := range p.links {
 			l.close(true)
 		}
-		return time.Now(), nil
-	}
-	// Close the gates before setting deadlines: a pump whose blocked call is
-	// cut short by the deadline must find its gate closed, never spin.
-	dirs := k.blocks()
-	for _, d := range dirs {
-		p.gates[d].Store(&gate{open: make(chan struct{})})
-	}
-	for l := range p.links {
-		l.setDeadlines(dirs, aLongTimeAgo)
+	case Blackhole, BlackholeIn, BlackholeOut:
+		// Close the gates before setting deadlines: a pump whose blocked
+		// call is cut short by the deadline must find its gate closed,
+		// never spin.
+		dirs := nf.Direction.dirs()
+		for _, d := range dirs {
+			p.gates[d].Store(&gate{open: make(chan struct{})})
+		}
+		for l := range p.links {
+			l.setDeadlines(dirs, aLongTimeAgo)
+		}
+	case Latency, DelayOpcode:
+		for l := range p.links {
+			l.setDelays(&nf)
+		}
 	}
 	return time.Now(), nil
 }
 
 // Revert ends the active fault and returns the instant forwarding resumed.
+// What latency or delay-opcode held goes out at once, in order; commands
+// fail-opcode matched are still failed when their answers come.
 func (p *Proxy) Revert() (time.Time, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return time.Time{}, p.errorf(ErrClosed, "revert: proxy is closed")
+		return time.Time{}, p.errorf([]error{ErrClosed}, "revert: proxy is closed")
 	}
-	k := p.fault
-	if k == "" {
-		return time.Time{}, p.errorf(ErrNoFault, "revert: no fault is active")
+	f := p.active.Load()
+	if f == nil {
+		return time.Time{}, p.errorf([]error{ErrNoFault}, "revert: no fault is active")
 	}
 	p.fault = ""
-	// Clear deadlines before opening the gates (the mirror of Inject).
-	dirs := k.blocks()
-	for l := range p.links {
-		l.setDeadlines(dirs, time.Time{})
-	}
-	for _, d := range dirs {
-		if g := p.gates[d].Swap(nil); g != nil {
-			close(g.open)
+	p.active.Store(nil)
+	switch f.Kind {
+	case Blackhole, BlackholeIn, BlackholeOut:
+		// Clear deadlines before opening the gates (the mirror of Inject).
+		dirs := f.Direction.dirs()
+		for l := range p.links {
+			l.setDeadlines(dirs, time.Time{})
+		}
+		for _, d := range dirs {
+			if g := p.gates[d].Swap(nil); g != nil {
+				close(g.open)
+			}
+		}
+	case Latency, DelayOpcode:
+		for l := range p.links {
+			l.setDelays(nil)
 		}
 	}
 	return time.Now(), nil
@@ -275,7 +332,8 @@ func (p *Proxy) accept() {
 			resetConn(c)
 			continue
 		}
-		l := &link{p: p, client: c, done: make(chan struct{})}
+		l := p.newLink(c)
+		l.setDelays(p.active.Load())
 		p.links[l] = struct{}{}
 		p.wg.Add(1)
 		p.mu.Unlock()
@@ -301,10 +359,57 @@ type link struct {
 	p      *Proxy
 	client *net.TCPConn
 	done   chan struct{} // closed by close; wakes pumps waiting on a gate
+	cs     *connState
+	fr     [2]*framer
+	out    [2]*outbox
 
 	mu       sync.Mutex
 	upstream *net.TCPConn
 	closed   bool
+}
+
+func (p *Proxy) newLink(c *net.TCPConn) *link {
+	l := &link{p: p, client: c, done: make(chan struct{})}
+	l.cs = newConnState(p.active.Load)
+	var logf func(string, ...any)
+	if p.logf != nil {
+		prefix := "faultproxy " + p.name + ": connection from " + c.RemoteAddr().String() + ": "
+		logf = func(format string, args ...any) { p.logf(prefix+format, args...) }
+	}
+	for _, d := range []dir{toUpstream, toClient} {
+		l.out[d] = newOutbox(l, d)
+	}
+	l.fr[toUpstream] = newFramer(toUpstream, l.cs, nil, logf)
+	l.fr[toClient] = newFramer(toClient, l.cs, l.transforming, logf)
+	return l
+}
+
+// transforming reports whether the next PDU from the array must be read
+// whole before it is forwarded: an iSCSI-aware fault is active, or tasks
+// it matched or PDUs it holds are still pending.
+func (l *link) transforming() bool {
+	if f := l.p.active.Load(); f != nil && f.Kind.iscsiAware() {
+		return true
+	}
+	return l.cs.nmarks.Load() > 0 || l.out[toClient].nheld.Load() > 0
+}
+
+// setDelays applies the delays of fault f (nil: none) to the link's
+// outboxes. Callers hold p.mu.
+func (l *link) setDelays(f *Fault) {
+	var delay [2]time.Duration
+	var hold time.Duration
+	switch {
+	case f == nil:
+	case f.Kind == Latency:
+		for _, d := range f.Direction.dirs() {
+			delay[d] = f.Params.Delay
+		}
+	case f.Kind == DelayOpcode:
+		hold = f.Params.Delay
+	}
+	l.out[toUpstream].setDelays(delay[toUpstream], 0)
+	l.out[toClient].setDelays(delay[toClient], hold)
 }
 
 func (l *link) run() {
@@ -333,30 +438,87 @@ func (l *link) run() {
 	}
 	l.upstream = up
 	l.mu.Unlock()
+	l.out[toUpstream].dst, l.out[toClient].dst = up, l.client
 
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		l.pump(up, l.client, toUpstream)
+		l.out[toUpstream].run()
 	}()
-	l.pump(l.client, up, toClient)
+	go func() {
+		defer wg.Done()
+		l.out[toClient].run()
+	}()
+	go func() {
+		defer wg.Done()
+		l.pump(toUpstream)
+	}()
+	l.pump(toClient)
 	wg.Wait()
 }
 
-// pump copies src to dst through the direction's gate. A clean EOF is passed
-// on as a half-close; any error ends the whole link.
-func (l *link) pump(dst, src *net.TCPConn, d dir) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	// The wrappers hide ReaderFrom/WriterTo, so io.CopyBuffer uses our buffer
-	// and every read and write passes the gate.
-	_, err := io.CopyBuffer(gatedWriter{l, dst, d}, gatedReader{l, src, d}, *bp)
-	if err == nil && l.wait(d) == nil {
-		_ = dst.CloseWrite()
-		return
+// pump reads one direction, frames it and hands it to the direction's
+// outbox. A clean EOF is passed on as a half-close once everything before
+// it is written; any error ends the whole link.
+func (l *link) pump(d dir) {
+	src := l.client
+	if d == toClient {
+		src = l.upstream
 	}
-	l.close(false)
+	r := gatedReader{l, src, d}
+	f, o := l.fr[d], l.out[d]
+	var scratch [][]byte
+	for {
+		bp := bufPool.Get().(*[]byte)
+		n, err := r.Read(*bp)
+		if n > 0 {
+			chunk := (*bp)[:n]
+			if werr := o.submit(bp, f.feed(chunk), chunk, f.atBoundary(), &scratch); werr != nil {
+				l.close(false)
+				return
+			}
+		} else {
+			bufPool.Put(bp)
+		}
+		switch {
+		case err == io.EOF:
+			if o.finish(f.eof(), f.atBoundary(), &scratch) != nil {
+				l.close(false)
+			}
+			return
+		case err != nil:
+			l.close(false)
+			return
+		}
+	}
+}
+
+// write writes bufs to dst through direction d's gate.
+func (l *link) write(dst *net.TCPConn, d dir, bufs [][]byte) error {
+	if len(bufs) == 1 {
+		_, err := gatedWriter{l, dst, d}.Write(bufs[0])
+		return err
+	}
+	nb := net.Buffers(bufs)
+	for len(nb) > 0 {
+		if err := l.wait(d); err != nil {
+			return err
+		}
+		if _, err := nb.WriteTo(dst); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
+		}
+	}
+	return nil
+}
+
+// closeWrite passes a half-close on once direction d forwards.
+func (l *link) closeWrite(dst *net.TCPConn, d dir) error {
+	if err := l.wait(d); err != nil {
+		return err
+	}
+	_ = dst.CloseWrite()
+	return nil
 }
 
 // wait blocks while direction d is blackholed; it fails once the link closes.
