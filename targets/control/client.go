@@ -70,8 +70,36 @@ func (c *Client) Faults(ctx context.Context) ([]FaultRecord, error) {
 func (c *Client) Inject(ctx context.Context, portal, kind string) (FaultRecord, error) {
 	var rec FaultRecord
 	op := fmt.Sprintf("inject %s on portal %s", kind, portal)
-	err := c.do(ctx, op, http.MethodPost, "/v1/faults", InjectRequest{Portal: portal, Kind: kind}, http.StatusCreated, &rec)
+	err := c.do(ctx, op, http.MethodPost, "/v1/faults", InjectRequest{Portal: portal, FaultSpec: FaultSpec{Kind: kind}}, http.StatusCreated, &rec)
 	return rec, err
+}
+
+// InjectFault starts a fault with parameters, on a portal or a controller.
+func (c *Client) InjectFault(ctx context.Context, req InjectRequest) (FaultRecord, error) {
+	var rec FaultRecord
+	where := "portal " + req.Portal
+	if req.Controller != "" {
+		where = "controller " + req.Controller
+	}
+	op := fmt.Sprintf("inject %s on %s", req.Kind, where)
+	err := c.do(ctx, op, http.MethodPost, "/v1/faults", req, http.StatusCreated, &rec)
+	return rec, err
+}
+
+// ALUA lists the array's target port groups and their access states.
+func (c *Client) ALUA(ctx context.Context) ([]ALUAGroup, error) {
+	var gs []ALUAGroup
+	err := c.do(ctx, "list ALUA groups", http.MethodGet, "/v1/alua", nil, http.StatusOK, &gs)
+	return gs, err
+}
+
+// SetALUA sets a target port group's access state, as an implicit
+// transition of the array would.
+func (c *Client) SetALUA(ctx context.Context, id int, state string) (ALUAGroup, error) {
+	var g ALUAGroup
+	op := fmt.Sprintf("set ALUA group %d to %s", id, state)
+	err := c.do(ctx, op, http.MethodPut, fmt.Sprintf("/v1/alua/%d", id), setALUARequest{State: state}, http.StatusOK, &g)
+	return g, err
 }
 
 // Revert ends the fault with the given ID and returns its final record.

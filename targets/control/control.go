@@ -8,8 +8,16 @@
 //	GET    /v1/info          Info
 //	GET    /v1/faults        active faults, []FaultRecord
 //	POST   /v1/faults        {"portal": "A0", "kind": "blackhole"} -> 201 FaultRecord
+//	                         {"portal": "A0", "kind": "fail-opcode", "opcode": "0x28", "sense": "05/25/00"}
+//	                         {"controller": "A", "kind": "crash"}
 //	DELETE /v1/faults/{id}   revert one fault -> FaultRecord
 //	DELETE /v1/faults        revert every active fault -> []FaultRecord
+//	GET    /v1/alua          []ALUAGroup
+//	PUT    /v1/alua/{id}     {"state": "standby"} -> ALUAGroup
+//
+// Fault parameters, controller faults and ALUA are served when the Array
+// implements FaultInjector and ALUAArray; otherwise those requests get 400
+// (parameters) or 404 (ALUA) naming what the array lacks.
 //
 // Errors are {"error": "<what failed and what to do>"} with 400 (bad request
 // or fault kind), 401 (missing or wrong token), 404 (unknown portal, fault or
@@ -55,10 +63,52 @@ type Info struct {
 // FaultRecord is one injected fault; RevertedAt is nil while it is active.
 type FaultRecord struct {
 	ID         string     `json:"id"`
-	Portal     string     `json:"portal"`
+	Portal     string     `json:"portal,omitempty"`
+	Controller string     `json:"controller,omitempty"`
 	Kind       string     `json:"kind"`
+	Spec       *FaultSpec `json:"spec,omitempty"` // parameters, when the fault has any
 	InjectedAt time.Time  `json:"injected_at"`
 	RevertedAt *time.Time `json:"reverted_at,omitempty"`
+}
+
+// FaultSpec is a fault and its parameters as they travel on the wire: plain
+// strings, so the harness needs no array package to describe a fault.
+type FaultSpec struct {
+	Kind string `json:"kind"`
+	// Direction limits a path fault to "in" (host to array) or "out"
+	// (array to host); empty is both.
+	Direction string `json:"direction,omitempty"`
+	// Delay is a Go duration ("200ms") for latency and delay-opcode.
+	Delay string `json:"delay,omitempty"`
+	// Opcode selects the SCSI commands of fail-opcode and delay-opcode ("0x28").
+	Opcode string `json:"opcode,omitempty"`
+	// LUN limits an opcode fault to one LUN.
+	LUN *uint64 `json:"lun,omitempty"`
+	// Sense is the KEY/ASC/ASCQ a fail-opcode answers with ("05/25/00").
+	Sense string `json:"sense,omitempty"`
+	// Duration is how long a controller reboot keeps it down ("30s").
+	Duration string `json:"duration,omitempty"`
+}
+
+// FaultInjector is an Array that takes fault parameters and controller
+// faults (crash, hang, reboot, failover); Inject(portal, kind) stays the
+// plain form.
+type FaultInjector interface {
+	InjectFault(req InjectRequest) (FaultRecord, error)
+}
+
+// ALUAGroup is one target port group: a controller and its access state
+// (AO, ANO, standby, unavailable, transitioning).
+type ALUAGroup struct {
+	ID         int    `json:"id"`
+	Controller string `json:"controller"`
+	State      string `json:"state"`
+}
+
+// ALUAArray is an Array whose controllers present asymmetric access.
+type ALUAArray interface {
+	ALUA() []ALUAGroup
+	SetALUA(id int, state string) (ALUAGroup, error)
 }
 
 // Array is what the control API serves. Implementations report what went

@@ -296,8 +296,10 @@ func TestInjectRefusals(t *testing.T) {
 		{"unknown portal", `{"portal":"Z9","kind":"reset"}`, http.StatusNotFound, "unknown portal Z9"},
 		{"unknown kind", `{"portal":"B0","kind":"meteor"}`, http.StatusBadRequest, `unknown fault kind "meteor"`},
 		{"not JSON", `portal=A0`, http.StatusBadRequest, "not a fault request"},
-		{"missing kind", `{"portal":"B0"}`, http.StatusBadRequest, `needs both "portal" and "kind"`},
-		{"unknown field", `{"portal":"B0","kind":"reset","duration":"5s"}`, http.StatusBadRequest, `unknown field "duration"`},
+		{"missing kind", `{"portal":"B0"}`, http.StatusBadRequest, `needs "kind" and one of "portal" or "controller"`},
+		{"portal and controller", `{"portal":"B0","controller":"B","kind":"reset"}`, http.StatusBadRequest, `one of "portal" or "controller"`},
+		{"parameters to a plain array", `{"portal":"B0","kind":"latency","delay":"5ms"}`, http.StatusBadRequest, `takes only a portal and a kind`},
+		{"unknown field", `{"portal":"B0","kind":"reset","colour":"red"}`, http.StatusBadRequest, `unknown field "colour"`},
 		{"two values", `{"portal":"B0","kind":"reset"} {}`, http.StatusBadRequest, "more than one JSON value"},
 		{"empty body", ``, http.StatusBadRequest, "not a fault request"},
 	} {
@@ -602,5 +604,91 @@ func TestServerCloseStopsServing(t *testing.T) {
 	}
 	if _, err := c.Info(context.Background()); err == nil {
 		t.Fatal("Info after Close succeeded")
+	}
+}
+
+// fullArray adds fault parameters, controller faults and ALUA to the double.
+type fullArray struct {
+	*fakeArray
+	lastReq InjectRequest
+	groups  []ALUAGroup
+}
+
+func (a *fullArray) InjectFault(req InjectRequest) (FaultRecord, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if req.Controller != "" && req.Controller != "A" && req.Controller != "B" {
+		return FaultRecord{}, NotFoundf("no controller %s", req.Controller)
+	}
+	a.lastReq = req
+	a.seq++
+	spec := req.FaultSpec
+	rec := FaultRecord{ID: fmt.Sprintf("f%d", a.seq), Portal: req.Portal, Controller: req.Controller,
+		Kind: req.Kind, Spec: &spec, InjectedAt: a.tick()}
+	a.records[rec.ID] = &rec
+	return rec, nil
+}
+
+func (a *fullArray) ALUA() []ALUAGroup { return a.groups }
+
+func (a *fullArray) SetALUA(id int, state string) (ALUAGroup, error) {
+	for i, g := range a.groups {
+		if g.ID == id {
+			if state != "AO" && state != "standby" {
+				return ALUAGroup{}, Invalidf("unknown ALUA state %q", state)
+			}
+			a.groups[i].State = state
+			return a.groups[i], nil
+		}
+	}
+	return ALUAGroup{}, NotFoundf("no target port group %d", id)
+}
+
+func TestFaultParametersAndControllerFaultsReachAnArrayThatTakesThem(t *testing.T) {
+	a := &fullArray{fakeArray: newFakeArray()}
+	c := NewClient(serve(t, a).URL(), token)
+	lun := uint64(3)
+	rec, err := c.InjectFault(context.Background(), InjectRequest{Portal: "A0",
+		FaultSpec: FaultSpec{Kind: "fail-opcode", Opcode: "0x28", LUN: &lun, Sense: "05/25/00"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Spec == nil || rec.Spec.Opcode != "0x28" || *rec.Spec.LUN != 3 || a.lastReq.Sense != "05/25/00" {
+		t.Fatalf("record %+v, array saw %+v", rec, a.lastReq)
+	}
+	if _, err := c.InjectFault(context.Background(), InjectRequest{Controller: "A", FaultSpec: FaultSpec{Kind: "reboot", Duration: "30s"}}); err != nil {
+		t.Fatal(err)
+	}
+	if a.lastReq.Controller != "A" || a.lastReq.Duration != "30s" {
+		t.Fatalf("array saw %+v", a.lastReq)
+	}
+	_, err = c.InjectFault(context.Background(), InjectRequest{Controller: "Z", FaultSpec: FaultSpec{Kind: "crash"}})
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "no controller Z") {
+		t.Fatalf("unknown controller: %v", err)
+	}
+}
+
+func TestALUARoutes(t *testing.T) {
+	a := &fullArray{fakeArray: newFakeArray(), groups: []ALUAGroup{{1, "A", "AO"}, {2, "B", "standby"}}}
+	c := NewClient(serve(t, a).URL(), token)
+	ctx := context.Background()
+	gs, err := c.ALUA(ctx)
+	if err != nil || len(gs) != 2 || gs[1].State != "standby" {
+		t.Fatalf("ALUA() = %+v, %v", gs, err)
+	}
+	g, err := c.SetALUA(ctx, 2, "AO")
+	if err != nil || g.State != "AO" || a.groups[1].State != "AO" {
+		t.Fatalf("SetALUA = %+v, %v", g, err)
+	}
+	if _, err := c.SetALUA(ctx, 7, "AO"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown group: %v", err)
+	}
+	if _, err := c.SetALUA(ctx, 1, "sideways"); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("unknown state: %v", err)
+	}
+	// An array without ALUA says so.
+	plain := NewClient(serve(t, newFakeArray()).URL(), token)
+	if _, err := plain.ALUA(ctx); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "no ALUA") {
+		t.Fatalf("ALUA on a plain array: %v", err)
 	}
 }

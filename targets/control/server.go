@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -34,12 +35,16 @@ func NewHandler(a Array, token string) http.Handler {
 	mux.HandleFunc("POST /v1/faults", h.inject)
 	mux.HandleFunc("DELETE /v1/faults", h.revertAll)
 	mux.HandleFunc("DELETE /v1/faults/{id}", h.revert)
+	mux.HandleFunc("GET /v1/alua", h.alua)
+	mux.HandleFunc("PUT /v1/alua/{id}", h.setALUA)
 	// The same paths without a method answer 405 in JSON, not net/http's text.
 	mux.HandleFunc("/v1/info", methodNotAllowed("GET"))
 	mux.HandleFunc("/v1/faults", methodNotAllowed("GET, POST, DELETE"))
 	mux.HandleFunc("/v1/faults/{id}", methodNotAllowed("DELETE"))
+	mux.HandleFunc("/v1/alua", methodNotAllowed("GET"))
+	mux.HandleFunc("/v1/alua/{id}", methodNotAllowed("PUT"))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s: the control API serves /v1/info and /v1/faults", r.Method, r.URL.Path))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s: the control API serves /v1/info, /v1/faults and /v1/alua", r.Method, r.URL.Path))
 	})
 	h.mux = mux
 	return h
@@ -85,10 +90,17 @@ func (h *handler) faults(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, nonNil(h.a.Faults()))
 }
 
-// InjectRequest is the body of POST /v1/faults.
+// InjectRequest is the body of POST /v1/faults: a fault on one portal, or
+// on a whole controller, with its parameters.
 type InjectRequest struct {
-	Portal string `json:"portal"`
-	Kind   string `json:"kind"`
+	Portal     string `json:"portal,omitempty"`
+	Controller string `json:"controller,omitempty"`
+	FaultSpec
+}
+
+// plain reports whether the request is a portal and a kind and nothing else.
+func (r InjectRequest) plain() bool {
+	return r.Controller == "" && r.FaultSpec == FaultSpec{Kind: r.Kind}
 }
 
 func (h *handler) inject(w http.ResponseWriter, r *http.Request) {
@@ -104,11 +116,19 @@ func (h *handler) inject(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "inject: request body holds more than one JSON value; send "+example)
 		return
 	}
-	if req.Portal == "" || req.Kind == "" {
-		writeError(w, http.StatusBadRequest, `inject: request needs both "portal" and "kind"; send `+example)
+	if (req.Portal == "") == (req.Controller == "") || req.Kind == "" {
+		writeError(w, http.StatusBadRequest, `inject: request needs "kind" and one of "portal" or "controller"; send `+example)
 		return
 	}
-	rec, err := h.a.Inject(req.Portal, req.Kind)
+	var rec FaultRecord
+	var err error
+	if fi, ok := h.a.(FaultInjector); ok {
+		rec, err = fi.InjectFault(req)
+	} else if req.plain() {
+		rec, err = h.a.Inject(req.Portal, req.Kind)
+	} else {
+		err = Invalidf("inject %s: this array takes only a portal and a kind (no parameters, no controller faults)", req.Kind)
+	}
 	if err != nil {
 		writeError(w, statusOf(err), err.Error())
 		return
@@ -158,6 +178,50 @@ func (h *handler) revertAll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, reverted)
+}
+
+func (h *handler) aluaArray(w http.ResponseWriter) (ALUAArray, bool) {
+	a, ok := h.a.(ALUAArray)
+	if !ok {
+		writeError(w, http.StatusNotFound, "this array presents no ALUA target port groups")
+	}
+	return a, ok
+}
+
+func (h *handler) alua(w http.ResponseWriter, r *http.Request) {
+	if a, ok := h.aluaArray(w); ok {
+		writeJSON(w, http.StatusOK, nonNil(a.ALUA()))
+	}
+}
+
+// setALUARequest is the body of PUT /v1/alua/{id}.
+type setALUARequest struct {
+	State string `json:"state"`
+}
+
+func (h *handler) setALUA(w http.ResponseWriter, r *http.Request) {
+	a, ok := h.aluaArray(w)
+	if !ok {
+		return
+	}
+	id, err := strconv.Atoi(r.PathValue("id"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("set ALUA: %q is not a target port group ID (a number, see GET /v1/alua)", r.PathValue("id")))
+		return
+	}
+	var req setALUARequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil || req.State == "" {
+		writeError(w, http.StatusBadRequest, `set ALUA: send {"state": "AO|ANO|standby|unavailable|transitioning"}`)
+		return
+	}
+	g, err := a.SetALUA(id, req.State)
+	if err != nil {
+		writeError(w, statusOf(err), err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, g)
 }
 
 func methodNotAllowed(allow string) http.HandlerFunc {
