@@ -169,6 +169,13 @@ func (a *alua) SetState(id uint16, s AccessState) error {
 	return a.setLocked(map[uint16]AccessState{id: s}, 2)
 }
 
+// setStates changes several groups at once (one UNIT ATTENTION for all).
+func (a *alua) setStates(states map[uint16]AccessState) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.setLocked(states, 2)
+}
+
 func (a *alua) setLocked(states map[uint16]AccessState, status byte) error {
 	for id := range states {
 		if a.groupLocked(id) == nil {

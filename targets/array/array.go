@@ -31,6 +31,14 @@ type Options struct {
 	LoginTimeout time.Duration // default 15s
 	Logf         func(format string, args ...any)
 	Trace        func(in bool, p *iscsi.PDU) // see frontend.Config.Trace
+
+	// Front-end settings; see frontend.Config for each and its default.
+	Concurrency    int           // SCSI tasks of one session executing at once
+	NopInInterval  time.Duration // target NOP-In pings; 0 = off
+	NopInTimeout   time.Duration // an unanswered ping drops the connection
+	MaxConnections int           // per portal
+	MaxLogins      int           // per portal, connections still in login
+	Defect         frontend.Defect
 }
 
 // Array is a running array.
@@ -38,15 +46,18 @@ type Array struct {
 	cfg     Config
 	sizes   map[int]int64
 	scsi    *scsiTarget
+	alua    *alua
 	fe      *frontend.Server
 	portals []*portal
 
-	mu        sync.Mutex
-	closed    bool
-	active    map[string]*control.FaultRecord // by fault ID
-	faultSeq  int
-	closeOnce sync.Once
-	closeErr  error
+	mu     sync.Mutex
+	closed bool
+	active map[string]*control.FaultRecord // by fault ID
+	// controllerFaults holds what each active controller fault changed.
+	controllerFaults map[string]*controllerFault
+	faultSeq         int
+	closeOnce        sync.Once
+	closeErr         error
 }
 
 type portal struct {
@@ -76,7 +87,8 @@ func StartWith(ctx context.Context, cfg Config, opt Options) (res *Array, err er
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("array %s: %w", cfg.Name, err)
 	}
-	a := &Array{cfg: cfg, sizes: map[int]int64{}, active: map[string]*control.FaultRecord{}}
+	a := &Array{cfg: cfg, sizes: map[int]int64{}, active: map[string]*control.FaultRecord{},
+		controllerFaults: map[string]*controllerFault{}}
 	defer func() {
 		if err != nil {
 			a.Close()
@@ -101,6 +113,7 @@ func StartWith(ctx context.Context, cfg Config, opt Options) (res *Array, err er
 	if a.scsi, err = newSCSITarget(cfg.Name, cfg.Target, specs, groups); err != nil {
 		return nil, err
 	}
+	a.alua = newALUA(a.scsi, cfg.aluaConfig(), groups, cfg.initialALUA())
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -111,11 +124,18 @@ func StartWith(ctx context.Context, cfg Config, opt Options) (res *Array, err er
 	a.fe, err = frontend.Listen(frontend.Config{
 		TargetName:   cfg.Target,
 		Portals:      fps,
-		SCSI:         a.scsi,
+		SCSI:         a.alua,
 		QueueDepth:   opt.QueueDepth,
 		LoginTimeout: opt.LoginTimeout,
 		Logf:         logf,
 		Trace:        opt.Trace,
+
+		Concurrency:    opt.Concurrency,
+		NopInInterval:  opt.NopInInterval,
+		NopInTimeout:   opt.NopInTimeout,
+		MaxConnections: opt.MaxConnections,
+		MaxLogins:      opt.MaxLogins,
+		Defect:         opt.Defect,
 	})
 	if err != nil {
 		return nil, err
@@ -146,6 +166,11 @@ func (a *Array) Close() error {
 	a.closeOnce.Do(func() {
 		a.mu.Lock()
 		a.closed = true
+		for _, cf := range a.controllerFaults {
+			if cf.timer != nil {
+				cf.timer.Stop() // a reboot's revert or a failover's transition
+			}
+		}
 		a.mu.Unlock()
 		var errs []error
 		for _, p := range a.portals {
@@ -228,6 +253,16 @@ func (a *Array) Revert(id string) (control.FaultRecord, error) {
 	rec := a.active[id]
 	if rec == nil {
 		return control.FaultRecord{}, control.NotFoundf("array %s: no active fault %q; list them with GET /v1/faults", a.cfg.Name, id)
+	}
+	if cf := a.controllerFaults[id]; cf != nil {
+		at, err := a.revertControllerLocked(rec, cf)
+		if err != nil {
+			return control.FaultRecord{}, fmt.Errorf("array %s: revert %s of controller %s: %w", a.cfg.Name, rec.Kind, rec.Controller, err)
+		}
+		rec.RevertedAt = &at
+		delete(a.active, id)
+		delete(a.controllerFaults, id)
+		return *rec, nil
 	}
 	i := slices.IndexFunc(a.portals, func(p *portal) bool { return p.id == rec.Portal })
 	at, err := a.portals[i].proxy.Revert()

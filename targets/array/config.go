@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -31,6 +32,19 @@ type Config struct {
 	Target      string       `yaml:"target"`
 	LUNs        []LUN        `yaml:"luns"`
 	Controllers []Controller `yaml:"controllers"`
+	ALUA        *ALUA        `yaml:"alua,omitempty"`
+}
+
+// ALUA says how the array presents asymmetric access. Without it every
+// controller is active/optimized and only implicit ALUA is reported.
+//
+//	alua: {explicit: true, transition_time: 2s}
+type ALUA struct {
+	// Explicit lets hosts change states with SET TARGET PORT GROUPS.
+	Explicit bool `yaml:"explicit"`
+	// TransitionTime is how long a planned failover stays transitioning
+	// (default 2s); reported to hosts in REPORT TARGET PORT GROUPS.
+	TransitionTime string `yaml:"transition_time"`
 }
 
 // LUN is one logical unit of the target.
@@ -45,6 +59,9 @@ type LUN struct {
 type Controller struct {
 	Name    string         `yaml:"name"`
 	Portals []PortalConfig `yaml:"portals"`
+	// ALUAState is the port group's state at start: AO (default), ANO,
+	// standby or unavailable.
+	ALUAState string `yaml:"alua_state,omitempty"`
 }
 
 // PortalConfig is one iSCSI portal of a controller.
@@ -128,6 +145,19 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Controllers) == 0 {
 		bad("controllers: none given; add e.g. {name: A, portals: [{listen: \"127.0.0.1:0\"}]}")
+	}
+	for i, ctl := range c.Controllers {
+		if ctl.ALUAState == "" {
+			continue
+		}
+		if s, err := ParseAccessState(ctl.ALUAState); err != nil || s == Transitioning {
+			bad("controllers[%d].alua_state %q: want AO, ANO, standby or unavailable", i, ctl.ALUAState)
+		}
+	}
+	if c.ALUA != nil && c.ALUA.TransitionTime != "" {
+		if d, err := time.ParseDuration(c.ALUA.TransitionTime); err != nil || d < 0 || d > 255*time.Second {
+			bad("alua.transition_time %q: want a duration up to 255s, e.g. 2s", c.ALUA.TransitionTime)
+		}
 	}
 	if len(c.Controllers) > 65535 {
 		bad("controllers: %d is more than 65535 portal groups", len(c.Controllers))

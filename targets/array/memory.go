@@ -150,6 +150,11 @@ func (s *memoryStore) Read(off, n int64) ([]byte, error) {
 
 func (s *memoryStore) Write(b []byte, off int64) error { return s.m.WriteAt(b, off) }
 
+// ReadAt, WriteAt and Flush make the memory store a blockStore (direct).
+func (s *memoryStore) ReadAt(b []byte, off int64) error  { return s.m.ReadAt(b, off) }
+func (s *memoryStore) WriteAt(b []byte, off int64) error { return s.m.WriteAt(b, off) }
+func (s *memoryStore) Flush() error                      { return nil }
+
 func (s *memoryStore) Unmap(ds []api.UnmapBlockDescriptor) error {
 	for _, d := range ds {
 		if err := s.m.Discard(int64(d.Offset), int64(d.TL)); err != nil {

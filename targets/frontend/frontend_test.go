@@ -2,17 +2,22 @@ package frontend_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"math/rand"
 	"net"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/certkit/certkit/iscsi"
+	"github.com/certkit/certkit/iscsi/initiator"
 	"github.com/certkit/certkit/targets/frontend"
 	"github.com/certkit/certkit/targets/frontend/frontendtest"
 	"github.com/gostor/gotgt/pkg/api"
@@ -24,6 +29,7 @@ const (
 	loginTimeout = 2 * time.Second        // the server's LoginTimeout
 	pollInterval = 5 * time.Millisecond   // polling for goroutines to end
 	quietPeriod  = 100 * time.Millisecond // "nothing arrives" checks
+	stallPeriod  = 300 * time.Millisecond // how long a stalled command is given before we call it stalled
 )
 
 const (
@@ -37,8 +43,9 @@ const (
 type fakeSCSI struct {
 	mu       sync.Mutex
 	disk     []byte
-	executed []*api.SCSICommand
+	executed []api.SCSICommand // as each command arrived
 	events   []string
+	resets   []string
 	gate     chan struct{} // when set, Execute waits for it to close
 	started  chan uint64   // when set, receives each command's tag on entry
 }
@@ -60,7 +67,7 @@ func (f *fakeSCSI) RemoveNexus(n *api.ITNexus) {
 
 func (f *fakeSCSI) Execute(cmd *api.SCSICommand) {
 	f.mu.Lock()
-	f.executed = append(f.executed, cmd)
+	f.executed = append(f.executed, *cmd)
 	gate, started := f.gate, f.started
 	f.mu.Unlock()
 	if started != nil {
@@ -94,6 +101,25 @@ func (f *fakeSCSI) Execute(cmd *api.SCSICommand) {
 		cmd.Result = api.SAM_STAT_CHECK_CONDITION
 		cmd.SenseBuffer = &api.SenseBuffer{Buffer: sense, Length: 18}
 	}
+}
+
+// ResetLU and ResetTarget record resets (frontend.Resetter).
+func (f *fakeSCSI) ResetLU(n *api.ITNexus, lun uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.resets = append(f.resets, fmt.Sprintf("LU %d by %s", lun, n.Tag))
+}
+
+func (f *fakeSCSI) ResetTarget(n *api.ITNexus) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.resets = append(f.resets, "target by "+n.Tag)
+}
+
+func (f *fakeSCSI) resetLog() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.resets)
 }
 
 func (f *fakeSCSI) tags() []uint64 {
@@ -462,13 +488,17 @@ func TestNonImmediateNOPOutThenCommand(t *testing.T) {
 	}
 }
 
+// ORDERED tasks execute one at a time in CmdSN order, whatever order they
+// arrive in; a command outside the window is dropped unanswered.
 func TestCommandsRunInCmdSNOrderWithinTheWindow(t *testing.T) {
 	s := start(t, func(c *frontend.Config) { c.QueueDepth = 4 })
 	c := login(t, s.addr(), 6)
 	base := c.CmdSN
 	mk := func(sn uint32) *iscsi.PDU {
 		c.CmdSN = sn
-		return scsiCmd(c, tur, iscsi.FlagFinal, 0)
+		p := scsiCmd(c, tur, iscsi.FlagFinal, 0)
+		p.SetFlags(iscsi.FlagFinal | iscsi.AttrOrdered)
+		return p
 	}
 	a, b, d := mk(base+2), mk(base+1), mk(base)
 	outside := mk(base + 4) // MaxCmdSN is base+3
@@ -497,6 +527,65 @@ func TestCommandsRunInCmdSNOrderWithinTheWindow(t *testing.T) {
 	res, err := c.Command(0, tur, 0, nil)
 	if err != nil || res.CheckGood() != nil {
 		t.Fatalf("next in-window command: %v %v", err, res)
+	}
+}
+
+// SIMPLE tasks execute side by side; an ORDERED task waits for every task
+// before it and holds back every task after it; a HEAD OF QUEUE task
+// starts even then (SAM-5 §8.6).
+func TestTaskAttributesGovernConcurrency(t *testing.T) {
+	s := start(t, func(c *frontend.Config) { c.Concurrency = 4 })
+	gate := make(chan struct{})
+	s.fake.gate = gate
+	s.fake.started = make(chan uint64, 16)
+	c := login(t, s.addr(), 60)
+	cmd := func(attr byte) *iscsi.PDU {
+		p := scsiCmd(c, tur, iscsi.FlagFinal, 0)
+		p.SetFlags(iscsi.FlagFinal | attr)
+		return p
+	}
+	startedWithin := func(d time.Duration) []uint64 {
+		var tags []uint64
+		deadline := time.NewTimer(d)
+		defer deadline.Stop()
+		for {
+			select {
+			case tag := <-s.fake.started:
+				tags = append(tags, tag)
+			case <-deadline.C:
+				slices.Sort(tags)
+				return tags
+			}
+		}
+	}
+	s1, s2 := cmd(iscsi.AttrSimple), cmd(iscsi.AttrSimple)
+	ord := cmd(iscsi.AttrOrdered)
+	s3 := cmd(iscsi.AttrSimple)
+	for _, p := range []*iscsi.PDU{s1, s2, ord, s3} {
+		send(t, c, p)
+	}
+	if got, want := startedWithin(quietPeriod), []uint64{uint64(s1.ITT()), uint64(s2.ITT())}; !slices.Equal(got, want) {
+		t.Fatalf("started %v while the gate is shut, want the two SIMPLE tasks before the ORDERED one %v", got, want)
+	}
+	hoq := cmd(iscsi.AttrHOQ)
+	send(t, c, hoq)
+	if got := startedWithin(quietPeriod); !slices.Equal(got, []uint64{uint64(hoq.ITT())}) {
+		t.Fatalf("started %v, want the HEAD OF QUEUE task %d at once", got, hoq.ITT())
+	}
+	close(gate)
+	want := []uint32{s1.ITT(), s2.ITT(), ord.ITT(), s3.ITT(), hoq.ITT()}
+	var got []uint32
+	for range want {
+		got = append(got, recv(t, c).ITT())
+	}
+	pos := func(itt uint32) int { return slices.Index(got, itt) }
+	if pos(ord.ITT()) < pos(s1.ITT()) || pos(ord.ITT()) < pos(s2.ITT()) || pos(s3.ITT()) < pos(ord.ITT()) {
+		t.Errorf("responses in order %v: the ORDERED task %d must follow %d and %d and precede %d", got, ord.ITT(), s1.ITT(), s2.ITT(), s3.ITT())
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("answered %v, want %v", got, want)
 	}
 }
 
@@ -678,9 +767,11 @@ func TestCheckConditionCarriesSense(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.fake.mu.Lock()
 	last := s.fake.executed[len(s.fake.executed)-1]
-	if frontend.GotgtLUN(last) != 3 || last.RelTargetPortID != 1 || last.ITNexus == nil || last.ITNexusID != last.ITNexus.ID || last.InSDBBuffer == nil || last.OutSDBBuffer == nil {
-		t.Errorf("api.SCSICommand: LUN %d port %d nexus %v buffers %v/%v", frontend.GotgtLUN(last), last.RelTargetPortID, last.ITNexus, last.InSDBBuffer, last.OutSDBBuffer)
+	s.fake.mu.Unlock()
+	if frontend.GotgtLUN(&last) != 3 || last.RelTargetPortID != 1 || last.ITNexus == nil || last.ITNexusID != last.ITNexus.ID || last.InSDBBuffer == nil || last.OutSDBBuffer == nil {
+		t.Errorf("api.SCSICommand: LUN %d port %d nexus %v buffers %v/%v", frontend.GotgtLUN(&last), last.RelTargetPortID, last.ITNexus, last.InSDBBuffer, last.OutSDBBuffer)
 	}
 }
 
@@ -720,7 +811,7 @@ func TestTaskManagement(t *testing.T) {
 		name string
 		fn   byte
 		want byte
-	}{{"ABORT TASK SET", 2, 0}, {"CLEAR TASK SET", 4, 0}, {"LUN RESET", 5, 0}, {"CLEAR ACA", 3, 5}, {"TARGET WARM RESET", 6, 5}, {"TARGET COLD RESET", 7, 5}, {"TASK REASSIGN", 8, 4}, {"function 42", 42, 255}} {
+	}{{"ABORT TASK SET", 2, 0}, {"CLEAR TASK SET", 4, 0}, {"LUN RESET", 5, 0}, {"CLEAR ACA", 3, 5}, {"TARGET WARM RESET", 6, 0}, {"TARGET COLD RESET", 7, 5}, {"TASK REASSIGN", 8, 4}, {"function 42", 42, 255}} {
 		if got := tmf(tc.fn, iscsi.ReservedTag, 0); got != tc.want {
 			t.Errorf("%s: response %d, want %d", tc.name, got, tc.want)
 		}
@@ -984,5 +1075,111 @@ func TestRejectedCommandStillTakesItsCmdSN(t *testing.T) {
 	res, err := c.Command(0, tur, 0, nil)
 	if err != nil || res.CheckGood() != nil {
 		t.Fatalf("command after a rejected one: %v %v", err, res)
+	}
+}
+
+// sessionOn logs in and hands the connection to a concurrent session.
+func sessionOn(t *testing.T, addr string, id byte, extra ...iscsi.KV) *frontendtest.Session {
+	t.Helper()
+	c, err := frontendtest.Normal(addr, initiatorIQN, targetIQN, isid(id), ioTimeout, extra...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := frontendtest.StartSession(c)
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// Immediate and non-immediate NOP-Outs interleaved with reads and writes
+// from many goroutines on two sessions: every command completes with the
+// data written, every NOP-In echoes its ping, StatSN never skips, and the
+// small window keeps closing and reopening on the way.
+func TestNOPOutsInterleavedWithIOFromManyGoroutines(t *testing.T) {
+	s := start(t, func(c *frontend.Config) { c.QueueDepth = 8; c.Concurrency = 4 })
+	a := sessionOn(t, s.addr(), 70)
+	b := sessionOn(t, s.addr(), 71)
+	b.ImmediateData = true
+	err := frontendtest.MixedIO([]*frontendtest.Session{a, b}, frontendtest.Mixed{
+		BlockSize:     512,
+		RegionBlocks:  128,
+		IOGoroutines:  6,
+		NOPGoroutines: 2,
+		Rounds:        40,
+		MaxBlocks:     48, // 24 KiB: Data-In in several PDUs, writes over several R2Ts
+		Seed:          7,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The emulated host's initiator must honour the CmdSN window as strictly
+// as ESXi, or it would hide a target that gets the window wrong. Negative
+// control: against a target whose window shuts after a few commands the
+// initiator stalls (the command is never sent, so it never completes)
+// while immediate pings still work; against the correct target the same
+// run completes.
+func TestStrictInitiatorStallsOnAClosedWindow(t *testing.T) {
+	const closeAfter, depth, commands = 3, 4, 12
+	for _, tc := range []struct {
+		name   string
+		defect frontend.Defect
+		stalls bool
+	}{
+		{"correct target", frontend.Defect{}, false},
+		{"window closes after 3 commands", frontend.Defect{CloseWindowAfter: closeAfter}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var arrived atomic.Int64 // SCSI commands that reached the target
+			s := start(t, func(c *frontend.Config) {
+				c.QueueDepth = depth
+				c.Defect = tc.defect
+				c.Trace = func(in bool, p *iscsi.PDU) {
+					if in && p.Opcode() == iscsi.OpSCSICommand {
+						arrived.Add(1)
+					}
+				}
+			})
+			ctx := context.Background()
+			sess, err := initiator.Login(ctx, initiator.Options{InitiatorName: initiatorIQN, TargetName: targetIQN, Address: s.addr(), Logf: t.Logf})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sess.Close()
+			stalledAt := -1
+			for i := range commands {
+				cctx, cancel := context.WithTimeout(ctx, stallPeriod)
+				err := sess.TestUnitReady(cctx, 0)
+				cancel()
+				if errors.Is(err, context.DeadlineExceeded) {
+					stalledAt = i
+					break
+				}
+				if err != nil {
+					t.Fatalf("command %d: %v", i, err)
+				}
+			}
+			if !tc.stalls {
+				if stalledAt >= 0 {
+					t.Fatalf("command %d did not complete against a correct target", stalledAt)
+				}
+				return
+			}
+			switch {
+			case stalledAt < 0:
+				t.Fatalf("all %d commands completed: the initiator sent past a window the target had closed", commands)
+			case stalledAt < closeAfter:
+				t.Fatalf("command %d stalled before the window closed (after %d)", stalledAt, closeAfter)
+			}
+			t.Logf("window closed after %d commands; command %d stalled in the initiator", closeAfter, stalledAt)
+			if got := arrived.Load(); got != int64(stalledAt) {
+				t.Errorf("the target received %d SCSI commands, want the %d sent before the stall: the stalled one must not be sent", got, stalledAt)
+			}
+			pctx, cancel := context.WithTimeout(ctx, ioTimeout)
+			defer cancel()
+			if err := sess.Ping(pctx); err != nil {
+				t.Errorf("immediate ping while the window is closed: %v", err)
+			}
+		})
 	}
 }

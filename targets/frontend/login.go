@@ -1,6 +1,7 @@
 package frontend
 
 import (
+	"bufio"
 	"cmp"
 	"crypto/sha256"
 	"errors"
@@ -389,10 +390,11 @@ func (l *loginConn) finish(out iscsi.Text) (*session, error) {
 	if l.declared {
 		l.par.ourRecv = l.srv.cfg.MaxRecvDataSegmentLength
 	}
-	sess := newSession(l.srv, l.c, l.p, l.par)
+	sess := newSession(l.srv, l.c, bufio.NewReaderSize(l.c, rxBufferSize), l.p, l.par)
 	sess.initiator, sess.alias, sess.isid, sess.discovery = l.initiator, l.alias, l.isid, l.discovery
 	sess.cid = l.cid
 	sess.expCmdSN = l.cmdSN
+	sess.maxSent = l.cmdSN + uint32(l.srv.cfg.QueueDepth) - 1 // what the login response advertises
 	if st, err := l.srv.register(sess, l.tsih); err != nil {
 		return nil, failLogin(st, "%v", err)
 	}

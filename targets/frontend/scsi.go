@@ -34,13 +34,19 @@ func GotgtLUN(cmd *api.SCSICommand) uint64 { return binary.NativeEndian.Uint64(c
 // buffer (MODE SENSE writes fixed offsets); only EDTL bytes are ever sent.
 const minInBuffer = 512
 
+// isRead reports the READ opcodes: their data comes from the medium, and
+// InSDBBuffer.Resid says exactly how much (never "the whole buffer").
+func isRead(op byte) bool { return op == 0x08 || op == 0x28 || op == 0xa8 || op == 0x88 }
+
 // command builds the api.SCSICommand for a task the way gotgt's own
 // iscsit fills it: ITNexusID of the session, LUN number in host byte order,
 // ITT as tag, the relative target port from the portal's TPGT, and non-nil
-// data buffers.
+// data buffers. The Data-In buffer is pooled; it is zeroed unless the
+// command is a READ, whose data the SCSI layer supplies in full.
 func (s *session) command(t *task) *api.SCSICommand {
 	lun := lunNumber(t.lun)
-	cmd := &api.SCSICommand{
+	cmd := &t.cmd
+	*cmd = api.SCSICommand{
 		OpCode:          t.cdb[0],
 		State:           api.SCSICommandQueued,
 		SCB:             t.cdb,
@@ -48,8 +54,9 @@ func (s *session) command(t *task) *api.SCSICommand {
 		Attribute:       t.attr,
 		Tag:             uint64(t.itt),
 		RelTargetPortID: s.tpgt,
-		ITNexusLuInfo:   &api.ITNexusLuInfo{ID: lun},
+		ITNexusLuInfo:   &t.luInfo,
 	}
+	t.luInfo = api.ITNexusLuInfo{ID: lun}
 	if s.nexus != nil {
 		cmd.ITNexusID = s.nexus.ID
 		cmd.ITNexus = s.nexus
@@ -66,17 +73,24 @@ func (s *session) command(t *task) *api.SCSICommand {
 		cmd.Direction = api.SCSIDataNone
 	}
 	inLen := uint32(0)
-	if t.read {
+	if t.read && !t.tooLarge {
 		inLen = t.edtl
 	}
-	cmd.InSDBBuffer = &api.SCSIDataBuffer{Buffer: make([]byte, max(inLen, minInBuffer)), Length: inLen}
-	cmd.OutSDBBuffer = &api.SCSIDataBuffer{Buffer: t.buf, Length: uint32(len(t.buf))}
+	in := getBuf(int(max(inLen, minInBuffer)))
+	if !isRead(t.cdb[0]) {
+		clear(in)
+	}
+	t.in = api.SCSIDataBuffer{Buffer: in, Length: inLen}
+	t.out = api.SCSIDataBuffer{Buffer: t.buf, Length: uint32(len(t.buf))}
+	cmd.InSDBBuffer = &t.in
+	cmd.OutSDBBuffer = &t.out
 	return cmd
 }
 
 // execute runs the task in the SCSI layer and returns its response PDUs.
-func (s *session) execute(t *task) []outPDU {
+func (s *session) execute(t *task) []txPDU {
 	cmd := s.command(t)
+	pooled := t.in.Buffer
 	switch {
 	case t.tooLarge, t.read && t.write:
 		// Bidirectional commands are not supported; oversize transfers are
@@ -85,7 +99,7 @@ func (s *session) execute(t *task) []outPDU {
 	default:
 		s.callSCSI(cmd)
 	}
-	return s.responses(t, cmd)
+	return s.responses(t, cmd, pooled)
 }
 
 // callSCSI calls the SCSI layer, turning a panic in it (gotgt has paths that
@@ -146,8 +160,10 @@ func residual(edtl, wanted uint32) (flag byte, count uint32) {
 
 // responses turns an executed command into Data-In PDUs and status. Good
 // status of a read rides in the last Data-In (S bit); anything with sense
-// gets its own SCSI Response.
-func (s *session) responses(t *task, cmd *api.SCSICommand) []outPDU {
+// gets its own SCSI Response. Data-In PDUs point into the command's buffer;
+// the last PDU gives the pooled buffer back once it is written and takes
+// the task out of the table.
+func (s *session) responses(t *task, cmd *api.SCSICommand, pooled []byte) []txPDU {
 	status := cmd.Result
 	var sense []byte
 	if status != api.SAM_STAT_GOOD && cmd.SenseBuffer != nil {
@@ -160,10 +176,10 @@ func (s *session) responses(t *task, cmd *api.SCSICommand) []outPDU {
 	switch {
 	case t.read && !t.write && status == api.SAM_STAT_GOOD:
 		// gotgt's Resid is the number of bytes the command produced, 0
-		// meaning "the whole buffer".
+		// meaning "the whole buffer" (except for READs, where it is exact).
 		in := cmd.InSDBBuffer
 		n, wanted := t.edtl, t.edtl
-		if in.Resid > 0 && in.Resid < t.edtl {
+		if in.Resid < t.edtl && (in.Resid > 0 || isRead(t.cdb[0])) {
 			n, wanted = in.Resid, in.Resid
 		}
 		if in.Resid > t.edtl {
@@ -172,7 +188,7 @@ func (s *session) responses(t *task, cmd *api.SCSICommand) []outPDU {
 				wanted = max(min(wanted, alloc), t.edtl)
 			}
 		}
-		data = in.Buffer[:n]
+		data = in.Buffer[:min(int(n), len(in.Buffer))]
 		resFlag, resCount = residual(t.edtl, wanted)
 	case t.write && !t.read && cmd.TL > 0:
 		resFlag, resCount = residual(t.edtl, cmd.TL)
@@ -180,19 +196,26 @@ func (s *session) responses(t *task, cmd *api.SCSICommand) []outPDU {
 		resFlag, resCount = residual(t.edtl, 0)
 	}
 
-	var out []outPDU
 	collapse := status == api.SAM_STAT_GOOD && len(data) > 0
 	seg := s.par.peerRecv
 	burst := s.par.maxBurst
+	npdu := 0
+	if len(data) > 0 {
+		npdu = (len(data) + int(min(seg, burst)) - 1) / int(min(seg, burst))
+	}
+	if !collapse {
+		npdu++
+	}
+	out := make([]txPDU, 0, npdu+1)
 	var dataSN, inBurst uint32
 	for off := 0; off < len(data); {
 		n := min(int(seg), len(data)-off, int(burst-inBurst))
-		p := iscsi.New(iscsi.OpDataIn)
-		p.SetITT(t.itt)
-		p.SetTTT(iscsi.ReservedTag)
-		p.SetDataSN(dataSN)
-		p.SetBufferOffset(uint32(off))
-		p.Data = data[off : off+n]
+		p := newTx(iscsi.OpDataIn)
+		p.setITT(t.itt)
+		p.setTTT(iscsi.ReservedTag)
+		p.setU32(36, dataSN)
+		p.setU32(40, uint32(off))
+		p.data = data[off : off+n]
 		dataSN++
 		inBurst += uint32(n)
 		off += n
@@ -202,35 +225,39 @@ func (s *session) responses(t *task, cmd *api.SCSICommand) []outPDU {
 			flags |= iscsi.FlagFinal
 			inBurst = 0
 		}
-		st := statNone
 		if last && collapse {
 			flags |= iscsi.FlagStatus | resFlag
-			p.BHS[3] = status
-			p.SetResidualCount(resCount)
-			st = statAdvance
+			p.bhs[3] = status
+			p.setU32(44, resCount)
+			p.stat = statAdvance
+			p.finish = t
+			p.release = pooled
 		}
-		p.SetFlags(flags)
-		out = append(out, outPDU{p: p, stat: st})
+		p.bhs[1] = flags
+		out = append(out, p)
 	}
 	if collapse {
 		return out
 	}
-	r := iscsi.New(iscsi.OpSCSIResponse)
-	r.SetFlags(iscsi.FlagFinal | resFlag)
-	r.BHS[2] = 0 // command completed at target
-	r.BHS[3] = status
-	r.SetITT(t.itt)
-	r.SetU32(20, 0) // SNACK Tag
+	r := newTx(iscsi.OpSCSIResponse)
+	r.bhs[1] = iscsi.FlagFinal | resFlag
+	r.bhs[2] = 0 // command completed at target
+	r.bhs[3] = status
+	r.setITT(t.itt)
+	r.setU32(20, 0) // SNACK Tag
 	if t.write {
-		r.SetDataSN(t.r2tSN) // ExpDataSN: R2Ts sent
+		r.setU32(36, t.r2tSN) // ExpDataSN: R2Ts sent
 	} else {
-		r.SetDataSN(dataSN) // ExpDataSN: Data-In PDUs sent
+		r.setU32(36, dataSN) // ExpDataSN: Data-In PDUs sent
 	}
-	r.SetResidualCount(resCount)
+	r.setU32(44, resCount)
 	if len(sense) > 0 {
-		r.Data = make([]byte, 2+len(sense))
-		binary.BigEndian.PutUint16(r.Data, uint16(len(sense)))
-		copy(r.Data[2:], sense)
+		r.data = make([]byte, 2+len(sense))
+		binary.BigEndian.PutUint16(r.data, uint16(len(sense)))
+		copy(r.data[2:], sense)
 	}
-	return append(out, outPDU{p: r, stat: statAdvance})
+	r.stat = statAdvance
+	r.finish = t
+	r.release = pooled
+	return append(out, r)
 }

@@ -33,6 +33,16 @@ type SCSI interface {
 	Execute(cmd *api.SCSICommand)
 }
 
+// Resetter is implemented by a SCSI layer that keeps state a reset must
+// clear (reservations, unit attentions owed). For a LOGICAL UNIT RESET or
+// TARGET WARM RESET the front end first aborts the affected tasks of every
+// session, then calls ResetLU (lun is the LUN number) or ResetTarget with
+// the nexus of the session that asked.
+type Resetter interface {
+	ResetLU(n *api.ITNexus, lun uint64)
+	ResetTarget(n *api.ITNexus)
+}
+
 // Portal is one listening address of the target and its portal group.
 type Portal struct {
 	Listen string // host:port to bind exactly; port 0 picks one
@@ -48,6 +58,27 @@ type Config struct {
 
 	QueueDepth   int           // CmdSN window, MaxCmdSN-ExpCmdSN+1 when idle; default 128
 	LoginTimeout time.Duration // a connection must finish login within it; default 15s
+
+	// Concurrency bounds the SCSI tasks of one session executing at once
+	// (SIMPLE tasks run side by side; ORDERED ones alone); default 16.
+	Concurrency int
+
+	// NopInInterval, when not zero, makes the target ping every session
+	// with a NOP-In (TTT not 0xffffffff) that often; a ping not echoed
+	// within NopInTimeout (default 10s) drops the connection.
+	NopInInterval time.Duration
+	NopInTimeout  time.Duration
+
+	// MaxConnections caps the connections open on one portal, logged in or
+	// not (default 256); MaxLogins caps those of one portal still in login
+	// (default 32). A connection past either cap is closed at once, so a
+	// flood of connections cannot starve the sessions already running.
+	MaxConnections int
+	MaxLogins      int
+
+	// Defect makes the target misbehave on purpose, as a negative control
+	// for initiator tests. The zero value is a correct target.
+	Defect Defect
 
 	// Offers in operational negotiation (the initiator's values are honoured
 	// when smaller).
@@ -85,6 +116,18 @@ func (c *Config) setDefaults() {
 	if c.MaxOutstandingR2T == 0 {
 		c.MaxOutstandingR2T = 8
 	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 16
+	}
+	if c.NopInTimeout <= 0 {
+		c.NopInTimeout = 10 * time.Second
+	}
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = 256
+	}
+	if c.MaxLogins <= 0 {
+		c.MaxLogins = 32
+	}
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
 	}
@@ -111,6 +154,15 @@ func (c *Config) validate() error {
 	if c.QueueDepth > 1<<20 {
 		return fmt.Errorf("frontend: target %s: QueueDepth %d is too large (at most 1048576)", c.TargetName, c.QueueDepth)
 	}
+	if c.Concurrency > 4096 {
+		return fmt.Errorf("frontend: target %s: Concurrency %d is too large (at most 4096)", c.TargetName, c.Concurrency)
+	}
+	if c.NopInInterval < 0 {
+		return fmt.Errorf("frontend: target %s: NopInInterval %v is negative; use 0 to turn pings off", c.TargetName, c.NopInInterval)
+	}
+	if c.Defect.CloseWindowAfter < 0 {
+		return fmt.Errorf("frontend: target %s: Defect.CloseWindowAfter %d is negative; use 0 for a correct target", c.TargetName, c.Defect.CloseWindowAfter)
+	}
 	return nil
 }
 
@@ -119,6 +171,9 @@ type portal struct {
 	tpgt      uint16
 	mu        sync.Mutex
 	advertise string
+	conns     int // open connections (Config.MaxConnections)
+	logins    int // of those, still in login (Config.MaxLogins)
+	refused   int // connections closed at the caps, for the log
 }
 
 func (p *portal) advertised() string {
@@ -244,10 +299,25 @@ func (s *Server) accept(p *portal) {
 			<-t.C
 			continue
 		}
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetNoDelay(true)
+		}
+		if !p.admit(s.cfg.MaxConnections, s.cfg.MaxLogins) {
+			c.Close()
+			p.mu.Lock()
+			p.refused++
+			n := p.refused
+			p.mu.Unlock()
+			if n&(n-1) == 0 { // 1, 2, 4, 8, ...: a flood does not flood the log
+				s.logf("portal %s: refused %d connection(s) past the caps (%d open, %d in login)", p.ln.Addr(), n, s.cfg.MaxConnections, s.cfg.MaxLogins)
+			}
+			continue
+		}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			c.Close()
+			p.leave(true)
 			return
 		}
 		s.conns[c] = struct{}{}
@@ -257,15 +327,49 @@ func (s *Server) accept(p *portal) {
 	}
 }
 
+// admit counts a new connection in, or reports false when the portal is at
+// one of its caps.
+func (p *portal) admit(maxConns, maxLogins int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns >= maxConns || p.logins >= maxLogins {
+		return false
+	}
+	p.conns++
+	p.logins++
+	return true
+}
+
+// loggedIn notes that a connection left login.
+func (p *portal) loggedIn() {
+	p.mu.Lock()
+	p.logins--
+	p.mu.Unlock()
+}
+
+// leave counts a connection out; inLogin says it never left login.
+func (p *portal) leave(inLogin bool) {
+	p.mu.Lock()
+	p.conns--
+	if inLogin {
+		p.logins--
+	}
+	p.mu.Unlock()
+}
+
 func (s *Server) serve(c net.Conn, p *portal) {
 	defer s.wg.Done()
+	inLogin := true
 	defer func() {
 		c.Close()
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
+		p.leave(inLogin)
 	}()
 	sess, err := s.login(c, p)
+	inLogin = false
+	p.loggedIn()
 	if err != nil {
 		if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 			s.logf("portal %s: login from %s: %v", p.ln.Addr(), c.RemoteAddr(), err)

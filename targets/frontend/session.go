@@ -1,8 +1,8 @@
 package frontend
 
 import (
+	"bufio"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -20,35 +20,21 @@ const (
 	rejectInvalidField  = 0x09
 )
 
-// maxTransfer bounds one command's Expected Data Transfer Length so a
-// hostile initiator cannot make the target allocate gigabytes; larger
-// commands fail with CHECK CONDITION (ILLEGAL REQUEST).
-const maxTransfer = 64 << 20
-
-// stat says what a target PDU does with StatSN.
-type stat int
-
-const (
-	statNone    stat = iota // field not used (Data-In without status)
-	statPeek                // carries the next StatSN without using it (R2T)
-	statAdvance             // a status: takes StatSN and advances it
-)
-
-type outPDU struct {
-	p          *iscsi.PDU
-	stat       stat
-	closeAfter bool   // drop the connection once written (logout)
-	before     func() // runs in the writer just before the PDU is written
-}
-
 // session is one iSCSI session and its single connection (MaxConnections=1).
 //
-// Goroutines: the reader (run) reads PDUs and handles them in arrival order;
-// the executor runs SCSI commands one at a time in CmdSN order; the writer
-// owns the socket's write side and StatSN. Close of done stops all three.
+// Goroutines: the reader (run) reads PDUs and handles them in arrival
+// order, delivering commands in CmdSN order (RFC 7143 §4.2.2.1); workers
+// execute delivered SCSI tasks, SIMPLE ones concurrently (up to
+// Config.Concurrency), ORDERED ones alone, HEAD OF QUEUE ones first (SAM-5
+// §8.6); PDUs to send are queued in order and written, StatSN stamped, by
+// one goroutine at a time in batches of one writev each (a worker answering
+// its task writes itself; what the reader queues the writer goroutine
+// writes); the pinger (when NopInInterval is set) sends NOP-In pings.
+// Closing done stops them all.
 type session struct {
 	srv       *Server
 	nc        net.Conn
+	br        *bufio.Reader
 	tpgt      uint16
 	par       params
 	initiator string
@@ -59,38 +45,54 @@ type session struct {
 	discovery bool
 	nexus     *api.ITNexus
 	depth     uint32
+	workers   int
 
-	statSN uint32 // writer-owned once full feature phase starts
+	rx iscsi.PDU // the reader's header buffer
 
-	mu       sync.Mutex
-	expCmdSN uint32
-	inflight uint32 // delivered non-immediate commands not yet answered
-	pending  map[uint32]pendingItem
-	tasks    map[uint32]*task // by ITT
-	nextTTT  uint32
-	queue    []queued
-	textBuf  []byte
+	// Write side (tx.go).
+	txMu     sync.Mutex
+	txq      []txPDU
+	txSpare  []txPDU
+	txSignal chan struct{} // capacity 1: the queue is not empty
+	txSpace  chan struct{} // closed and replaced when the writer drains the queue while someone waits
+	txWait   int           // senders waiting for txSpace
+	writing  bool          // a goroutine is writing the queue out (drain)
+	txb      *txBatch      // the writing goroutine's
+	statSN   uint32        // the writing goroutine's once full feature phase starts
 
-	qsignal   chan struct{}
-	out       chan outPDU
-	done      chan struct{}
+	mu        sync.Mutex
+	expCmdSN  uint32
+	maxSent   uint32 // highest MaxCmdSN advertised
+	inflight  uint32 // delivered non-immediate commands not yet answered
+	commands  uint64 // SCSI commands delivered (Config.Defect)
+	pending   map[uint32]pendingItem
+	tasks     map[uint32]*task // by ITT
+	nextTTT   uint32
+	textBuf   []byte
+	queue     []qitem // delivered, not started, in CmdSN order (HEAD OF QUEUE first)
+	running   int     // tasks handed to workers and not finished
+	ordered   bool    // an ORDERED task is running
+	nworkers  int
+	pingTTT   uint32 // TTT of the outstanding NOP-In ping, 0 if none
+	work      chan *task
+	pingAck   chan struct{}
 	closeOnce sync.Once
+	done      chan struct{}
 	gone      chan struct{} // closed once torn down and unregistered
 	wg        sync.WaitGroup
 }
 
+// pendingItem is a request that arrived ahead of its CmdSN turn.
 type pendingItem struct {
-	counts bool
-	run    func()
+	task *task  // a SCSI command
+	run  func() // anything else
 }
 
-type queued struct {
+// qitem is a delivered item waiting to start: a task, or a logout that
+// waits for every earlier task.
+type qitem struct {
 	task   *task
 	logout *iscsi.PDU
-}
-
-type r2tState struct {
-	off, len uint32
 }
 
 type task struct {
@@ -101,44 +103,51 @@ type task struct {
 	read      bool
 	write     bool
 	attr      int
+	cdbBuf    [16]byte
 	cdb       []byte
 	edtl      uint32
 	tooLarge  bool   // edtl > maxTransfer: answered with sense, data discarded
-	buf       []byte // Data-Out buffer (edtl bytes) of a write
+	buf       []byte // Data-Out buffer (edtl bytes) of a write, pooled
 	got       uint32 // Data-Out bytes received
+	unsolNext uint32 // next offset of immediate/unsolicited data
 	unsolEnd  uint32 // end of immediate + unsolicited data
 	next      uint32 // next offset to solicit with an R2T
 	r2tSN     uint32
-	r2ts      map[uint32]*r2tState // outstanding, by TTT
+	r2ts      []r2tState // outstanding
+
 	delivered bool
+	counted   bool // holds a slot of the CmdSN window
+	dataIn    bool // all Data-Out received: may execute
+	aborted   bool
+	executing bool
+	answering bool // executed, response queued, not yet written
+	finished  bool
+	waiters   []chan struct{} // closed when finished (task management waits)
 
-	ready       chan struct{} // closed when the task may execute
-	readyClosed bool
-	aborted     bool
-	executing   bool
-	done        chan struct{} // closed when its response is being written or it is dropped
+	cmd     api.SCSICommand
+	in, out api.SCSIDataBuffer
+	luInfo  api.ITNexusLuInfo
 }
 
-func (t *task) closeReady() {
-	if !t.readyClosed {
-		t.readyClosed = true
-		close(t.ready)
-	}
-}
-
-func newSession(srv *Server, c net.Conn, p *portal, par params) *session {
+func newSession(srv *Server, c net.Conn, br *bufio.Reader, p *portal, par params) *session {
+	workers := srv.cfg.Concurrency
 	return &session{
-		srv:     srv,
-		nc:      c,
-		tpgt:    p.tpgt,
-		par:     par,
-		depth:   uint32(srv.cfg.QueueDepth),
-		pending: map[uint32]pendingItem{},
-		tasks:   map[uint32]*task{},
-		qsignal: make(chan struct{}, 1),
-		out:     make(chan outPDU, 64),
-		done:    make(chan struct{}),
-		gone:    make(chan struct{}),
+		srv:      srv,
+		nc:       c,
+		br:       br,
+		tpgt:     p.tpgt,
+		par:      par,
+		depth:    uint32(srv.cfg.QueueDepth),
+		workers:  workers,
+		pending:  map[uint32]pendingItem{},
+		tasks:    map[uint32]*task{},
+		txSignal: make(chan struct{}, 1),
+		txb:      newTxBatch(),
+		txSpace:  make(chan struct{}),
+		work:     make(chan *task, workers),
+		pingAck:  make(chan struct{}, 1),
+		done:     make(chan struct{}),
+		gone:     make(chan struct{}),
 	}
 }
 
@@ -158,6 +167,11 @@ func (s *session) close() {
 func (s *session) teardown() {
 	s.close()
 	s.wg.Wait()
+	s.mu.Lock()
+	for _, t := range s.tasks {
+		s.finishLocked(t) // release task management waiting on them
+	}
+	s.mu.Unlock()
 	if s.nexus != nil {
 		s.srv.cfg.SCSI.RemoveNexus(s.nexus)
 	}
@@ -166,9 +180,12 @@ func (s *session) teardown() {
 }
 
 func (s *session) run() {
-	s.wg.Add(2)
+	s.wg.Add(1)
 	go s.writer()
-	go s.executor()
+	if s.srv.cfg.NopInInterval > 0 {
+		s.wg.Add(1)
+		go s.pinger()
+	}
 	err := s.reader()
 	select {
 	case <-s.done:
@@ -181,43 +198,53 @@ func (s *session) run() {
 }
 
 func (s *session) reader() error {
-	fr := iscsi.Framing{Digests: s.par.digests, MaxDataSegment: s.par.ourRecv}
+	p := &s.rx
 	for {
-		p, err := iscsi.ReadPDU(s.nc, fr)
-		if err != nil {
-			if errors.Is(err, iscsi.ErrDataDigest) && p != nil {
-				// ERL 0: reject, then recover by dropping the connection.
-				s.sendReject(p, rejectDataDigest, true)
-				<-s.done
-			}
+		if err := s.readHeader(p); err != nil {
 			return err
 		}
-		if s.srv.cfg.Trace != nil {
-			s.srv.cfg.Trace(true, p)
+		var err error
+		switch op := p.Opcode(); {
+		case op == iscsi.OpSCSICommand && !s.discovery:
+			err = s.scsiCommand(p)
+		case op == iscsi.OpDataOut && !s.discovery:
+			err = s.dataOut(p)
+		default:
+			if err = s.readSegment(p); err == nil {
+				s.trace(p)
+				s.handle(p)
+			}
 		}
-		if err := s.handle(p); err != nil {
+		if errors.Is(err, iscsi.ErrDataDigest) {
+			// ERL 0: reject, then recover by dropping the connection.
+			s.sendReject(p, rejectDataDigest, true)
+			<-s.done
+		}
+		if err != nil {
 			return err
 		}
 	}
 }
 
-func (s *session) handle(p *iscsi.PDU) error {
+func (s *session) trace(p *iscsi.PDU) {
+	if s.srv.cfg.Trace != nil {
+		s.srv.cfg.Trace(true, p)
+	}
+}
+
+func (s *session) handle(p *iscsi.PDU) {
 	op := p.Opcode()
 	if s.discovery {
 		switch op {
 		case iscsi.OpNOPOut, iscsi.OpTextReq, iscsi.OpLogoutReq:
 		default:
 			s.rejectRequest(p, rejectProtocolError)
-			return nil
+			return
 		}
 	}
 	switch op {
 	case iscsi.OpNOPOut:
 		s.nopOut(p)
-	case iscsi.OpSCSICommand:
-		return s.scsiCommand(p)
-	case iscsi.OpDataOut:
-		s.dataOut(p)
 	case iscsi.OpTextReq:
 		s.textReq(p)
 	case iscsi.OpLogoutReq:
@@ -229,7 +256,6 @@ func (s *session) handle(p *iscsi.PDU) error {
 	default:
 		s.sendReject(p, rejectNotSupported, false)
 	}
-	return nil
 }
 
 // rejectRequest rejects a request and, when it is a non-immediate command
@@ -239,66 +265,114 @@ func (s *session) rejectRequest(p *iscsi.PDU, reason byte) {
 	s.sendReject(p, reason, false)
 	switch p.Opcode() {
 	case iscsi.OpSCSICommand, iscsi.OpTaskMgmtReq, iscsi.OpTextReq, iscsi.OpNOPOut, iscsi.OpLogoutReq:
-		s.deliver(p.CmdSN(), p.Immediate(), false, func() {})
+		s.deliver(p.CmdSN(), p.Immediate(), pendingItem{run: func() {}})
 	}
 }
 
-// deliver runs fn in CmdSN order (RFC 7143 §4.2.2.1). Immediate requests
-// run at once; others wait for their turn inside the window, and anything
-// outside the window is dropped silently, as the RFC requires. counts marks
-// a request that holds a queue slot until answered (SCSI commands).
+// deliver hands a request over in CmdSN order (RFC 7143 §4.2.2.1).
+// Immediate requests go at once; others wait for their turn inside the
+// window, and anything outside the window is dropped silently, as the RFC
+// requires. A SCSI task is queued for execution; any other request's run
+// is called once its turn came.
 //
 // It reports false when the request was dropped.
-func (s *session) deliver(cmdSN uint32, immediate, counts bool, fn func()) bool {
-	if immediate {
-		fn()
-		return true
-	}
+func (s *session) deliver(cmdSN uint32, immediate bool, it pendingItem) bool {
+	var d delivery
 	s.mu.Lock()
-	if !s.inWindowLocked(cmdSN) {
-		exp, max := s.windowLocked()
-		s.mu.Unlock()
-		s.logf("dropping request with CmdSN %d outside window %d..%d", cmdSN, exp, max)
-		return false
-	}
-	if cmdSN != s.expCmdSN {
-		if _, dup := s.pending[cmdSN]; dup {
+	if immediate {
+		d.add(s, it)
+	} else {
+		if !s.inWindowLocked(cmdSN) {
+			exp, max := s.windowLocked()
 			s.mu.Unlock()
-			s.logf("dropping duplicate CmdSN %d", cmdSN)
+			s.logf("dropping request with CmdSN %d outside window %d..%d", cmdSN, exp, max)
 			return false
 		}
-		s.pending[cmdSN] = pendingItem{counts, fn}
+		if cmdSN != s.expCmdSN {
+			if _, dup := s.pending[cmdSN]; dup {
+				s.mu.Unlock()
+				s.logf("dropping duplicate CmdSN %d", cmdSN)
+				return false
+			}
+			s.pending[cmdSN] = it
+			s.mu.Unlock()
+			return true
+		}
+		s.expCmdSN++
+		d.add(s, it)
+		d.drain(s)
+	}
+	d.finish(s)
+	return true
+}
+
+// skipCmdSN counts CmdSN sn as received without a request, as task
+// management does for an aborted command that never arrived (RFC 7143
+// §11.5.1): a late arrival with that CmdSN is then dropped as a duplicate.
+func (s *session) skipCmdSN(sn uint32) {
+	var d delivery
+	s.mu.Lock()
+	switch {
+	case int32(sn-s.expCmdSN) < 0 || !s.inWindowLocked(sn):
 		s.mu.Unlock()
-		return true
+		return
+	case sn == s.expCmdSN:
+		s.expCmdSN++
+		d.drain(s)
+	default:
+		if _, queued := s.pending[sn]; !queued {
+			s.pending[sn] = pendingItem{run: func() {}}
+		}
 	}
-	ready := []func(){fn}
-	s.expCmdSN++
-	if counts {
-		s.inflight++
+	d.finish(s)
+}
+
+// delivery collects what delivering requests produced under s.mu, for
+// finish to act on once the lock is released.
+type delivery struct {
+	tx   []txPDU
+	runs []func()
+}
+
+func (d *delivery) add(s *session, it pendingItem) {
+	if it.task != nil {
+		d.tx = s.startLocked(it.task, d.tx)
+	} else if it.run != nil {
+		d.runs = append(d.runs, it.run)
 	}
+}
+
+// drain delivers the requests that were waiting for the CmdSNs now due.
+func (d *delivery) drain(s *session) {
 	for {
 		it, ok := s.pending[s.expCmdSN]
 		if !ok {
-			break
+			return
 		}
 		delete(s.pending, s.expCmdSN)
-		ready = append(ready, it.run)
 		s.expCmdSN++
-		if it.counts {
-			s.inflight++
-		}
+		d.add(s, it)
 	}
+}
+
+// finish releases s.mu, then sends, starts and runs what was delivered.
+func (d *delivery) finish(s *session) {
+	start, logout := s.dispatchLocked()
 	s.mu.Unlock()
-	for _, f := range ready {
+	s.send(d.tx...)
+	s.startWork(start, logout)
+	for _, f := range d.runs {
 		f()
 	}
-	return true
 }
 
 // windowLocked returns ExpCmdSN and MaxCmdSN. MaxCmdSN only grows: a
 // delivered command moves ExpCmdSN up and takes a slot, an answered one
 // gives its slot back.
 func (s *session) windowLocked() (exp, max uint32) {
+	if d := s.srv.cfg.Defect.CloseWindowAfter; d > 0 && s.commands >= uint64(d) {
+		return s.expCmdSN, s.expCmdSN - 1 // negative control: the window stays shut
+	}
 	free := uint32(0)
 	if s.inflight < s.depth {
 		free = s.depth - s.inflight
@@ -308,369 +382,34 @@ func (s *session) windowLocked() (exp, max uint32) {
 
 func (s *session) inWindowLocked(sn uint32) bool {
 	exp, max := s.windowLocked()
+	if int32(s.maxSent-max) > 0 {
+		max = s.maxSent // what was once allowed stays allowed
+	}
 	if int32(max-exp) < 0 || sn-exp > max-exp {
 		return false
 	}
 	return sn == exp || len(s.pending) < int(s.depth)
 }
 
-func (s *session) send(o outPDU) bool {
-	select {
-	case s.out <- o:
-		return true
-	case <-s.done:
-		return false
-	}
-}
-
-func (s *session) writer() {
-	defer s.wg.Done()
-	for {
-		select {
-		case <-s.done:
-			return
-		case o := <-s.out:
-			if o.before != nil {
-				o.before()
-			}
-			s.mu.Lock()
-			exp, max := s.windowLocked()
-			s.mu.Unlock()
-			switch o.stat {
-			case statPeek:
-				o.p.SetStatSN(s.statSN)
-			case statAdvance:
-				o.p.SetStatSN(s.statSN)
-				s.statSN++
-			}
-			o.p.SetExpCmdSN(exp)
-			o.p.SetMaxCmdSN(max)
-			if s.srv.cfg.Trace != nil {
-				s.srv.cfg.Trace(false, o.p)
-			}
-			if err := iscsi.WritePDU(s.nc, o.p, s.par.digests); err != nil {
-				s.close()
-				return
-			}
-			if o.closeAfter {
-				s.close()
-				return
-			}
-		}
-	}
-}
-
-func (s *session) sendReject(p *iscsi.PDU, reason byte, closeAfter bool) {
-	r := iscsi.New(iscsi.OpReject)
-	r.SetFlags(iscsi.FlagFinal)
-	r.BHS[2] = reason
-	r.Data = append([]byte(nil), p.BHS[:]...)
-	s.logf("rejecting %s (reason 0x%02x)", p, reason)
-	s.send(outPDU{p: r, stat: statAdvance, closeAfter: closeAfter})
-}
-
-// nopOut answers a ping. A non-immediate NOP-Out takes a CmdSN like any
-// command (RFC 7143 §11.18), so it goes through deliver: skipping that is
-// the gotgt bug that strands the next command.
-func (s *session) nopOut(p *iscsi.PDU) {
-	if p.ITT() == iscsi.ReservedTag {
-		// An answer to a target NOP-In, or a ping that wants no answer;
-		// the RFC requires the I bit, so it never takes a CmdSN.
-		return
-	}
-	data := p.Data
-	if uint32(len(data)) > s.par.peerRecv {
-		data = data[:s.par.peerRecv]
-	}
-	r := iscsi.New(iscsi.OpNOPIn)
-	r.SetFlags(iscsi.FlagFinal)
-	r.SetLUN(p.LUN())
-	r.SetITT(p.ITT())
-	r.SetTTT(iscsi.ReservedTag)
-	r.Data = data
-	s.deliver(p.CmdSN(), p.Immediate(), false, func() {
-		s.send(outPDU{p: r, stat: statAdvance})
-	})
-}
-
-func (s *session) scsiCommand(p *iscsi.PDU) error {
-	flags := p.Flags()
-	t := &task{
-		itt:       p.ITT(),
-		lun:       p.LUN(),
-		cmdSN:     p.CmdSN(),
-		immediate: p.Immediate(),
-		read:      flags&iscsi.FlagRead != 0,
-		write:     flags&iscsi.FlagWrite != 0,
-		attr:      int(flags & 7),
-		edtl:      p.ExpectedDataLength(),
-		ready:     make(chan struct{}),
-		done:      make(chan struct{}),
-		r2ts:      map[uint32]*r2tState{},
-	}
-	t.cdb = append([]byte(nil), p.CDB()...)
-	if ext, ok := extendedCDB(p.AHS); ok {
-		t.cdb = append(t.cdb, ext...)
-	}
-	data := p.Data
-	if len(data) > 0 && (!t.write || !s.par.immediateData || uint32(len(data)) > t.edtl || uint32(len(data)) > s.par.firstBurst) {
-		s.rejectRequest(p, rejectProtocolError)
-		return nil
-	}
-	if t.edtl > maxTransfer {
-		t.tooLarge = true
-	}
-	if t.write {
-		if !t.tooLarge {
-			t.buf = make([]byte, t.edtl)
-			copy(t.buf, data)
-		}
-		t.got = uint32(len(data))
-		t.unsolEnd = t.got
-		if !s.par.initialR2T && flags&iscsi.FlagFinal == 0 {
-			t.unsolEnd = min(s.par.firstBurst, t.edtl)
-		}
-		t.next = t.unsolEnd
-		if t.tooLarge {
-			t.next = t.edtl // solicit nothing
-		}
-	}
-	s.mu.Lock()
-	if _, dup := s.tasks[t.itt]; dup {
-		s.mu.Unlock()
-		s.rejectRequest(p, rejectProtocolError)
-		return nil
-	}
-	if len(s.tasks) >= 4*int(s.depth)+64 {
-		s.mu.Unlock()
-		return fmt.Errorf("initiator has %d tasks open, far beyond the CmdSN window of %d", len(s.tasks), s.depth)
-	}
-	s.tasks[t.itt] = t
-	s.checkReadyLocked(t)
-	s.mu.Unlock()
-	if !s.deliver(t.cmdSN, t.immediate, !t.immediate, func() { s.start(t) }) {
-		s.mu.Lock()
-		if s.tasks[t.itt] == t {
-			delete(s.tasks, t.itt)
-		}
-		s.mu.Unlock()
-	}
-	return nil
-}
-
-// extendedCDB returns the CDB bytes past 16 from an Extended CDB AHS.
-func extendedCDB(ahs []byte) ([]byte, bool) {
-	for len(ahs) >= 4 {
-		n := int(ahs[0])<<8 | int(ahs[1])
-		typ := ahs[2]
-		if 3+n > len(ahs) {
-			return nil, false
-		}
-		body := ahs[3 : 3+n]
-		if typ == 1 && n > 1 {
-			return body[1:], true
-		}
-		ahs = ahs[(3+n+3)&^3:]
-	}
-	return nil, false
-}
-
-// checkReadyLocked releases a task to the executor once all its data is in.
-func (s *session) checkReadyLocked(t *task) {
-	if !t.write || t.got >= t.edtl || (t.tooLarge && t.got >= t.unsolEnd) {
-		t.closeReady()
-	}
-}
-
-// start runs when a command's CmdSN turn comes: solicit its data, queue it.
-func (s *session) start(t *task) {
-	s.mu.Lock()
-	t.delivered = true
-	var r2ts []*iscsi.PDU
-	if !t.aborted {
-		r2ts = s.solicitLocked(t)
-	}
-	s.queue = append(s.queue, queued{task: t})
-	s.mu.Unlock()
-	s.enqueueSignal()
-	for _, r := range r2ts {
-		if !s.send(outPDU{p: r, stat: statPeek}) {
-			return
-		}
-	}
-}
-
-// solicitLocked issues R2Ts up to MaxOutstandingR2T, each for at most
-// MaxBurstLength.
-func (s *session) solicitLocked(t *task) []*iscsi.PDU {
-	var out []*iscsi.PDU
-	for t.write && t.delivered && uint32(len(t.r2ts)) < s.par.maxOutR2T && t.next < t.edtl {
-		n := min(s.par.maxBurst, t.edtl-t.next)
-		s.nextTTT++
-		if s.nextTTT == iscsi.ReservedTag {
-			s.nextTTT = 1
-		}
-		ttt := s.nextTTT
-		r := iscsi.New(iscsi.OpR2T)
-		r.SetFlags(iscsi.FlagFinal)
-		r.SetLUN(t.lun)
-		r.SetITT(t.itt)
-		r.SetTTT(ttt)
-		r.SetDataSN(t.r2tSN) // R2TSN
-		r.SetBufferOffset(t.next)
-		r.SetResidualCount(n) // Desired Data Transfer Length
-		t.r2ts[ttt] = &r2tState{off: t.next, len: n}
-		t.r2tSN++
-		t.next += n
-		out = append(out, r)
-	}
-	return out
-}
-
-func (s *session) dataOut(p *iscsi.PDU) {
-	off, n := p.BufferOffset(), uint32(len(p.Data))
-	s.mu.Lock()
-	t := s.tasks[p.ITT()]
-	if t == nil || t.aborted {
-		// Data for a task just aborted or completed: discard quietly.
-		s.mu.Unlock()
-		return
-	}
-	bad := !t.write || uint64(off)+uint64(n) > uint64(t.edtl)
-	var more []*iscsi.PDU
-	if !bad {
-		if ttt := p.TTT(); ttt == iscsi.ReservedTag {
-			bad = off+n > t.unsolEnd
-		} else if r := t.r2ts[ttt]; r == nil || off < r.off || off+n > r.off+r.len {
-			bad = true
-		} else if p.Final() {
-			delete(t.r2ts, ttt) // sequence done: room for the next R2T
-		}
-	}
-	if bad {
-		s.mu.Unlock()
-		s.sendReject(p, rejectInvalidField, false)
-		return
-	}
-	if t.buf != nil {
-		copy(t.buf[off:], p.Data)
-	}
-	t.got += n
-	more = s.solicitLocked(t)
-	s.checkReadyLocked(t)
-	s.mu.Unlock()
-	for _, r := range more {
-		if !s.send(outPDU{p: r, stat: statPeek}) {
-			return
-		}
-	}
-}
-
-func (s *session) enqueueSignal() {
-	select {
-	case s.qsignal <- struct{}{}:
-	default:
-	}
-}
-
-func (s *session) dequeue() (queued, bool) {
-	for {
-		s.mu.Lock()
-		if len(s.queue) > 0 {
-			q := s.queue[0]
-			s.queue[0] = queued{}
-			s.queue = s.queue[1:]
-			s.mu.Unlock()
-			return q, true
-		}
-		s.mu.Unlock()
-		select {
-		case <-s.qsignal:
-		case <-s.done:
-			return queued{}, false
-		}
-	}
-}
-
-func (s *session) executor() {
-	defer s.wg.Done()
-	for {
-		q, ok := s.dequeue()
-		if !ok {
-			return
-		}
-		if q.logout != nil {
-			s.logout(q.logout)
-			continue
-		}
-		if !s.runTask(q.task) {
-			return
-		}
-	}
-}
-
-// runTask waits for the task's data, executes it and queues its response.
-func (s *session) runTask(t *task) bool {
-	select {
-	case <-t.ready:
-	case <-s.done:
-		return false
-	}
-	s.mu.Lock()
-	if t.aborted {
-		if !t.immediate {
-			s.inflight--
-		}
-		close(t.done)
-		s.mu.Unlock()
-		return true
-	}
-	t.executing = true
-	s.mu.Unlock()
-
-	pdus := s.execute(t)
-
-	s.mu.Lock()
-	if !t.immediate {
-		s.inflight-- // before the response, so it carries the freed slot
-	}
-	s.mu.Unlock()
-	last := len(pdus) - 1
-	// The task leaves the table just before its status is written: after
-	// that the initiator may reuse the ITT, and a task management request
-	// that no longer finds it is answered after this response.
-	pdus[last].before = func() {
-		s.mu.Lock()
-		delete(s.tasks, t.itt)
-		close(t.done)
-		s.mu.Unlock()
-	}
-	for _, o := range pdus {
-		if !s.send(o) {
-			return false
-		}
-	}
-	return true
-}
-
 func (s *session) logout(p *iscsi.PDU) {
 	reason := p.Flags() & 0x7f
 	cid := uint16(p.BHS[20])<<8 | uint16(p.BHS[21])
-	r := iscsi.New(iscsi.OpLogoutResp)
-	r.SetFlags(iscsi.FlagFinal)
-	r.SetITT(p.ITT())
+	r := newTx(iscsi.OpLogoutResp)
+	r.bhs[1] = iscsi.FlagFinal
+	r.setITT(p.ITT())
+	r.stat = statAdvance
 	closeAfter := false
 	switch reason {
 	case 0: // close the session
 		closeAfter = true
 	case 1: // close the connection
 		if cid != s.cid {
-			r.BHS[2] = 1 // CID not found
+			r.bhs[2] = 1 // CID not found
 		} else {
 			closeAfter = true
 		}
 	case 2:
-		r.BHS[2] = 2 // connection recovery is not supported (ERL 0)
+		r.bhs[2] = 2 // connection recovery is not supported (ERL 0)
 	default:
 		s.sendReject(p, rejectInvalidField, false)
 		return
@@ -678,16 +417,19 @@ func (s *session) logout(p *iscsi.PDU) {
 	if closeAfter {
 		s.logf("logout (reason %d)", reason)
 	}
-	s.send(outPDU{p: r, stat: statAdvance, closeAfter: closeAfter})
+	r.closeAfter = closeAfter
+	s.send(r)
 }
 
 func (s *session) logoutReq(p *iscsi.PDU) {
-	s.deliver(p.CmdSN(), p.Immediate(), false, func() {
+	q := *p // the reader reuses p
+	s.deliver(p.CmdSN(), p.Immediate(), pendingItem{run: func() {
 		s.mu.Lock()
-		s.queue = append(s.queue, queued{logout: p})
+		s.queue = append(s.queue, qitem{logout: &q})
+		start, logout := s.dispatchLocked()
 		s.mu.Unlock()
-		s.enqueueSignal()
-	})
+		s.startWork(start, logout)
+	}})
 }
 
 func (s *session) textReq(p *iscsi.PDU) {
@@ -697,14 +439,13 @@ func (s *session) textReq(p *iscsi.PDU) {
 		s.rejectRequest(p, rejectProtocolError)
 		return
 	}
-	r := iscsi.New(iscsi.OpTextResp)
-	r.SetITT(p.ITT())
-	r.SetTTT(iscsi.ReservedTag)
+	r := newTx(iscsi.OpTextResp)
+	r.setITT(p.ITT())
+	r.setTTT(iscsi.ReservedTag)
+	r.stat = statAdvance
 	if p.Flags()&iscsi.FlagContinue != 0 {
 		// More request text follows: answer empty (RFC 7143 §11.11).
-		s.deliver(p.CmdSN(), p.Immediate(), false, func() {
-			s.send(outPDU{p: r, stat: statAdvance})
-		})
+		s.deliver(p.CmdSN(), p.Immediate(), pendingItem{run: func() { s.send(r) }})
 		return
 	}
 	req, err := iscsi.ParseText(s.textBuf)
@@ -728,101 +469,7 @@ func (s *session) textReq(p *iscsi.PDU) {
 			out.Add(kv.Key, "NotUnderstood")
 		}
 	}
-	r.SetFlags(iscsi.FlagFinal)
-	r.Data = out.Encode()
-	s.deliver(p.CmdSN(), p.Immediate(), false, func() {
-		s.send(outPDU{p: r, stat: statAdvance})
-	})
-}
-
-// Task management functions and responses, RFC 7143 §11.5-11.6.
-const (
-	tmfAbortTask       = 1
-	tmfAbortTaskSet    = 2
-	tmfClearACA        = 3
-	tmfClearTaskSet    = 4
-	tmfLUNReset        = 5
-	tmfTargetWarmReset = 6
-	tmfTargetColdReset = 7
-	tmfTaskReassign    = 8
-
-	tmfComplete         = 0
-	tmfNoTask           = 1
-	tmfNoReassign       = 4
-	tmfNotSupported     = 5
-	tmfFunctionRejected = 255
-)
-
-func (s *session) taskMgmtReq(p *iscsi.PDU) {
-	fn := p.Flags() & 0x7f
-	lun, ref, refCmdSN, cmdSN := p.LUN(), p.U32(20), p.U32(32), p.CmdSN()
-	itt := p.ITT()
-	s.deliver(cmdSN, p.Immediate(), false, func() {
-		resp := s.taskMgmt(fn, lun, ref, refCmdSN, cmdSN)
-		r := iscsi.New(iscsi.OpTaskMgmtResp)
-		r.SetFlags(iscsi.FlagFinal)
-		r.BHS[2] = resp
-		r.SetITT(itt)
-		s.send(outPDU{p: r, stat: statAdvance})
-	})
-}
-
-func (s *session) taskMgmt(fn byte, lun uint64, ref, refCmdSN, cmdSN uint32) byte {
-	switch fn {
-	case tmfAbortTask:
-		s.mu.Lock()
-		t := s.tasks[ref]
-		if t == nil {
-			s.mu.Unlock()
-			if int32(refCmdSN-cmdSN) < 0 {
-				return tmfComplete // already answered, or never arrived but sent before
-			}
-			return tmfNoTask
-		}
-		wait := s.abortLocked(t)
-		s.mu.Unlock()
-		s.await(wait)
-		return tmfComplete
-	case tmfAbortTaskSet, tmfClearTaskSet, tmfLUNReset:
-		// This session's tasks on the LU. Other sessions' tasks and their
-		// UNIT ATTENTION after a LUN reset are not modelled yet.
-		s.mu.Lock()
-		var wait []chan struct{}
-		for _, t := range s.tasks {
-			if lunNumber(t.lun) == lunNumber(lun) {
-				wait = append(wait, s.abortLocked(t)...)
-			}
-		}
-		s.mu.Unlock()
-		s.await(wait)
-		s.logf("task management function %d on LUN %d: complete", fn, lunNumber(lun))
-		return tmfComplete
-	case tmfClearACA, tmfTargetWarmReset, tmfTargetColdReset:
-		return tmfNotSupported
-	case tmfTaskReassign:
-		return tmfNoReassign
-	}
-	return tmfFunctionRejected
-}
-
-// abortLocked drops a task that has not started executing; for one that
-// has, it returns the channel to wait on before the abort may be answered.
-func (s *session) abortLocked(t *task) []chan struct{} {
-	if t.executing {
-		return []chan struct{}{t.done}
-	}
-	t.aborted = true
-	delete(s.tasks, t.itt)
-	t.closeReady()
-	return nil
-}
-
-func (s *session) await(chs []chan struct{}) {
-	for _, ch := range chs {
-		select {
-		case <-ch:
-		case <-s.done:
-			return
-		}
-	}
+	r.bhs[1] = iscsi.FlagFinal
+	r.data = out.Encode()
+	s.deliver(p.CmdSN(), p.Immediate(), pendingItem{run: func() { s.send(r) }})
 }

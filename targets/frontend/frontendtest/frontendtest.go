@@ -21,6 +21,7 @@ type Conn struct {
 	MaxRecv   uint32 // the MaxRecvDataSegmentLength this side declared
 	Timeout   time.Duration
 	CmdSN     uint32 // next CmdSN to use
+	MaxCmdSN  uint32 // as the login response advertised it
 	ExpStatSN uint32
 	itt       uint32
 }
@@ -118,6 +119,7 @@ func (c *Conn) Login(isid [6]byte, tsih uint16, csg int, keys iscsi.Text) (*iscs
 	}
 	if LoginStatus(resp) == 0 {
 		c.CmdSN = resp.ExpCmdSN()
+		c.MaxCmdSN = resp.MaxCmdSN()
 		c.ExpStatSN = resp.StatSN() + 1
 		if v, _ := kv.Get("HeaderDigest"); v == "CRC32C" {
 			c.Digests.Header = true
