@@ -150,6 +150,22 @@ func (a *alua) RemoveNexus(n *api.ITNexus) {
 	a.inner.RemoveNexus(n)
 }
 
+// ResetLU and ResetTarget pass task management resets down to the SCSI
+// layer (frontend.Resetter), which drops reservations and raises its own
+// UNIT ATTENTIONs.
+func (a *alua) ResetLU(n *api.ITNexus, lun uint64) {
+	if r, ok := a.inner.(frontend.Resetter); ok {
+		r.ResetLU(n, lun)
+	}
+}
+
+// ResetTarget: see ResetLU.
+func (a *alua) ResetTarget(n *api.ITNexus) {
+	if r, ok := a.inner.(frontend.Resetter); ok {
+		r.ResetTarget(n)
+	}
+}
+
 // States returns each target port group's state by group ID.
 func (a *alua) States() map[uint16]AccessState {
 	a.mu.Lock()
@@ -327,3 +343,4 @@ func respond(cmd *api.SCSICommand, data []byte, alloc int) {
 	cmd.InSDBBuffer.Resid = uint32(n)
 	cmd.Result = api.SAM_STAT_GOOD
 }
+var _ frontend.Resetter = (*alua)(nil)

@@ -90,6 +90,11 @@ const bufSize = 128 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 
+// spliceMin is the shortest data segment (with padding and digest) that
+// crosses by splice rather than through a buffer: below it the copy costs
+// less than the extra system calls.
+const spliceMin = 16 << 10
+
 // Options tune a Proxy; the zero value is the default.
 type Options struct {
 	// Logf receives notable events, such as a connection whose iSCSI stream
@@ -461,20 +466,85 @@ func (l *link) run() {
 // pump reads one direction, frames it and hands it to the direction's
 // outbox. A clean EOF is passed on as a half-close once everything before
 // it is written; any error ends the whole link.
+//
+// While the outbox is fast (no fault queues or delays anything), the bytes
+// the framer does not need to see cross kernel to kernel (see splicer):
+// the data segment of every PDU that passes unchanged, once it is at
+// least spliceMin long, and everything once the framer has given up. Only
+// headers, small PDUs and login PDUs are read into user space.
 func (l *link) pump(d dir) {
-	src := l.client
+	src, dst := l.client, l.upstream
 	if d == toClient {
-		src = l.upstream
+		src, dst = l.upstream, l.client
 	}
 	r := gatedReader{l, src, d}
 	f, o := l.fr[d], l.out[d]
 	var scratch [][]byte
+	var sp *splicer
+	if spliceSupported {
+		var err error
+		if sp, err = newSplicer(src, dst); err != nil {
+			sp = nil
+			if f.logf != nil {
+				f.logf("%s stream: cannot splice (%v); copying it through user space", f.direction(), err)
+			}
+		}
+		defer sp.close()
+	}
+	eof := func() {
+		if o.finish(f.eof(), f.atBoundary(), &scratch) != nil {
+			l.close(false)
+		}
+	}
 	for {
+		if sp != nil && o.fast.Load() {
+			n := -1 // plain: everything, to the end
+			if !f.plain {
+				n = f.passing()
+			}
+			if n < 0 || n >= spliceMin {
+				moved, ended, err := l.splice(d, sp, n, nil)
+				if !f.plain {
+					f.skip(moved)
+				}
+				o.mid.Store(!f.atBoundary())
+				switch {
+				case err != nil:
+					l.close(false)
+					return
+				case ended:
+					eof()
+					return
+				}
+				continue
+			}
+		}
 		bp := bufPool.Get().(*[]byte)
-		n, err := r.Read(*bp)
+		b := *bp
+		if sp != nil && o.fast.Load() {
+			b = b[:f.readHint(len(b))]
+		}
+		n, err := r.Read(b)
 		if n > 0 {
-			chunk := (*bp)[:n]
-			if werr := o.submit(bp, f.feed(chunk), chunk, f.atBoundary(), &scratch); werr != nil {
+			chunk := b[:n]
+			ps := f.feed(chunk)
+			if left := f.passing(); sp != nil && left >= spliceMin && o.fast.Load() {
+				// The header read ahead of a large data segment goes into
+				// the pipe first and leaves with its data.
+				scratch = appendBufs(scratch[:0], ps, chunk)
+				moved, ended, serr := l.splice(d, sp, left, scratch)
+				clear(scratch)
+				bufPool.Put(bp)
+				f.skip(moved)
+				o.mid.Store(!f.atBoundary())
+				switch {
+				case serr != nil:
+					l.close(false)
+					return
+				case ended && err == nil:
+					err = io.EOF
+				}
+			} else if werr := o.submit(bp, ps, chunk, f.atBoundary(), &scratch); werr != nil {
 				l.close(false)
 				return
 			}
@@ -483,15 +553,90 @@ func (l *link) pump(d dir) {
 		}
 		switch {
 		case err == io.EOF:
-			if o.finish(f.eof(), f.atBoundary(), &scratch) != nil {
-				l.close(false)
-			}
+			eof()
 			return
 		case err != nil:
 			l.close(false)
 			return
 		}
 	}
+}
+
+// splice forwards the bytes of pending, then n bytes of direction d's
+// input (all of it to EOF when n < 0), kernel to kernel through sp's pipe,
+// and returns once all of them are written. moved counts the input bytes
+// it forwarded; ended says the input ended first.
+//
+// It honours direction d's gate like gatedReader and gatedWriter: a
+// blackhole's deadline stops a splice in or out of the pipe at once, what
+// was read into the pipe stays there, and nothing more moves until Revert.
+// So a blackhole stops a data segment in the middle as it stops any other
+// bytes: only what the kernel was moving at the instant of Inject (one
+// splice call, as one write before) still crosses.
+func (l *link) splice(d dir, sp *splicer, n int, pending [][]byte) (moved int, ended bool, err error) {
+	for _, b := range pending {
+		for len(b) > 0 {
+			k, err := sp.fill(b)
+			if err != nil {
+				return 0, false, err
+			}
+			if b = b[k:]; len(b) > 0 {
+				if err := l.pumpPipe(d, sp); err != nil {
+					return 0, false, err
+				}
+			}
+		}
+	}
+	for n != 0 {
+		if 2*sp.n > sp.size {
+			// Room for a good drain; the pipe is never full when draining,
+			// so a drain that finds no room cannot wait for a socket that
+			// is already readable.
+			if err := l.pumpPipe(d, sp); err != nil {
+				return moved, false, err
+			}
+		}
+		if err := l.wait(d); err != nil {
+			return moved, false, err
+		}
+		max := sp.size - sp.n
+		if n > 0 {
+			max = min(max, n)
+		}
+		k, err := sp.drain(max)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue // blackholed: the gate is closed; wait for Revert
+			}
+			return moved, false, err
+		}
+		if k == 0 {
+			ended = true
+			break
+		}
+		moved += k
+		if n > 0 {
+			n -= k
+		}
+		if err := l.pumpPipe(d, sp); err != nil {
+			return moved, false, err
+		}
+	}
+	return moved, ended, l.pumpPipe(d, sp)
+}
+
+// pumpPipe writes everything in sp's pipe to direction d's destination,
+// through the direction's gate.
+func (l *link) pumpPipe(d dir, sp *splicer) error {
+	for sp.n > 0 {
+		if err := l.wait(d); err != nil {
+			return err
+		}
+		if err := sp.pump(); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
+		}
+	}
+	return nil
 }
 
 // write writes bufs to dst through direction d's gate.

@@ -14,7 +14,9 @@ import (
 // The proxy follows PDU boundaries in both directions of every connection
 // (RFC 7143 §11: 48-byte BHS, TotalAHSLength, DataSegmentLength, padding,
 // and the digests the login settled on). Without an iSCSI-aware fault it
-// only observes: every chunk is forwarded as read. Host to array it never
+// only observes: every chunk is forwarded as read, and the data segments
+// of the PDUs it lets pass unread (see passing) may bypass it altogether:
+// the pump splices them socket to socket (see splicer). Host to array it never
 // changes a byte; it notes the SCSI Commands an opcode fault matches. Array
 // to host, while such a fault (or a task it matched) is live, it withholds
 // each header until it is complete and then forwards, drops, replaces or
@@ -73,18 +75,28 @@ type keyNeg struct {
 }
 
 // connState is what both directions of one connection share: the login's
-// outcome and the tasks an opcode fault matched.
+// outcome and the tasks an opcode fault matched. The framers read the
+// login's outcome once per PDU, so it is one atomic word; the rest is
+// written only during login or while an opcode fault acts.
 type connState struct {
 	fault func() *Fault // the proxy's active fault, nil when none
 
-	mu      sync.Mutex
-	ffp     bool // full feature phase reached
-	digests iscsi.Digests
-	neg     [2]keyNeg // HeaderDigest, DataDigest
-	broken  bool      // a direction gave up during login: the other follows
-	marks   map[uint32]*mark
-	nmarks  atomic.Int32
+	// st holds the st* bits; written under mu, read without it.
+	st atomic.Uint32
+
+	mu     sync.Mutex
+	neg    [2]keyNeg // HeaderDigest, DataDigest
+	marks  map[uint32]*mark
+	nmarks atomic.Int32
 }
+
+// Bits of connState.st.
+const (
+	stFFP          = 1 << iota // full feature phase reached
+	stBroken                   // a direction gave up during login: the other follows
+	stHeaderDigest             // the login settled on HeaderDigest=CRC32C
+	stDataDigest               // ... and DataDigest=CRC32C
+)
 
 func newConnState(fault func() *Fault) *connState {
 	return &connState{fault: fault, marks: map[uint32]*mark{}}
@@ -114,9 +126,15 @@ func (cs *connState) keys(d dir, kv iscsi.Text) {
 func (cs *connState) enterFFP() iscsi.Digests {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	cs.ffp = true
-	cs.digests = iscsi.Digests{Header: cs.neg[0].on, Data: cs.neg[1].on}
-	return cs.digests
+	st := cs.st.Load() | stFFP
+	if cs.neg[0].on {
+		st |= stHeaderDigest
+	}
+	if cs.neg[1].on {
+		st |= stDataDigest
+	}
+	cs.st.Store(st)
+	return iscsi.Digests{Header: cs.neg[0].on, Data: cs.neg[1].on}
 }
 
 func digestName(on bool) string {
@@ -127,16 +145,15 @@ func digestName(on bool) string {
 }
 
 func (cs *connState) phase() (ffp bool, d iscsi.Digests, broken bool) {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	return cs.ffp, cs.digests, cs.broken
+	st := cs.st.Load()
+	return st&stFFP != 0, iscsi.Digests{Header: st&stHeaderDigest != 0, Data: st&stDataDigest != 0}, st&stBroken != 0
 }
 
 func (cs *connState) breakLogin() {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if !cs.ffp {
-		cs.broken = true
+	if st := cs.st.Load(); st&stFFP == 0 {
+		cs.st.Store(st | stBroken)
 	}
 }
 
@@ -241,6 +258,7 @@ type framer struct {
 	m        *mark
 	digests  iscsi.Digests // digests framing it
 	pdus     int64         // PDUs completed
+	big      bool          // the last data segment seen was spliceMin or longer
 
 	text     []byte // login text, across PDUs with the C bit
 	overflow bool   // login text longer than maxLoginText
@@ -428,6 +446,9 @@ func (f *framer) header(i int) error {
 	if f.dataLen > 0 && f.digests.Data {
 		f.left += 4
 	}
+	if f.dataLen > 0 {
+		f.big = f.left >= spliceMin
+	}
 	f.act, f.m = f.decide()
 	if f.withhold {
 		switch f.act {
@@ -494,6 +515,43 @@ func (f *framer) data(i int) int {
 		}
 	}
 	return i + k
+}
+
+// passing is how many bytes of the current PDU's data part (data,
+// padding, digest) may be forwarded without passing through feed: the rest
+// of it when the PDU passes unchanged and nothing is read from it, else 0.
+func (f *framer) passing() int {
+	if f.plain || !f.inData || f.act != actPass {
+		return 0
+	}
+	return f.left
+}
+
+// skip accounts for n bytes of the current PDU's data part forwarded
+// without feed; n is at most passing().
+func (f *framer) skip(n int) {
+	f.seen += n
+	f.left -= n
+	f.off += int64(n)
+	if f.left == 0 {
+		_ = f.end() // a passing PDU's end cannot fail
+	}
+}
+
+// readHint is how many bytes the pump should read next, at most max, when
+// it can splice: after a large data segment only the next header, and a
+// large data segment only to its end, so that each large data segment is
+// left in the kernel for the splicer. Small PDUs are read many at a time.
+func (f *framer) readHint(max int) int {
+	switch {
+	case f.plain || !f.big:
+		return max
+	case f.inData:
+		return min(f.left, max)
+	case !f.started:
+		return min(iscsi.BHSLen, max)
+	}
+	return min(f.need-f.have, max)
 }
 
 // end completes the current PDU.

@@ -30,13 +30,24 @@ type outItem struct {
 
 // outbox writes one direction of a link in stream order. With nothing
 // queued and no delay the pump writes itself (the fast path, one write per
-// read); otherwise items wait in order for their due time and the link's
-// writer goroutine sends them. Held PDUs (delay-opcode) wait in a queue of
-// their own and go out between two PDUs of the main stream.
+// read, or a splice; see fast); otherwise items wait in order for their due
+// time and the link's writer goroutine sends them. Held PDUs (delay-opcode)
+// wait in a queue of their own and go out between two PDUs of the main
+// stream.
 type outbox struct {
 	l   *link
 	d   dir
 	dst *net.TCPConn // set before the pumps start
+
+	// fast is set while nothing is queued, held or being written by the
+	// writer goroutine and no delay applies: the pump may then write (or
+	// splice) to dst itself without taking mu. Only the pump queues, so
+	// fast stays true until the pump queues or a fault sets a delay; a
+	// chunk the pump is writing when a delay starts goes out undelayed, as
+	// if it had been written just before.
+	fast atomic.Bool
+	// mid: the bytes written so far end inside a PDU (a held PDU waits).
+	mid atomic.Bool
 
 	mu       sync.Mutex
 	wake     chan struct{} // cap 1: there is something new for the writer
@@ -47,13 +58,20 @@ type outbox struct {
 	held     []outItem
 	queued   int
 	busy     bool // a write is in progress
-	mid      bool // the bytes written so far end inside a PDU
 	finished bool // the input ended and everything is written
 	nheld    atomic.Int32
 }
 
 func newOutbox(l *link, d dir) *outbox {
-	return &outbox{l: l, d: d, wake: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+	o := &outbox{l: l, d: d, wake: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+	o.fast.Store(true)
+	return o
+}
+
+// refresh recomputes fast. Callers hold o.mu and call it after changing
+// what it depends on.
+func (o *outbox) refresh() {
+	o.fast.Store(!o.busy && o.delay == 0 && o.holdFor == 0 && len(o.main) == 0 && len(o.held) == 0)
 }
 
 func signal(c chan struct{}) {
@@ -70,6 +88,7 @@ func (o *outbox) setDelays(delay, holdFor time.Duration) {
 	defer o.mu.Unlock()
 	expedite := delay < o.delay || holdFor < o.holdFor
 	o.delay, o.holdFor = delay, holdFor
+	o.refresh()
 	if expedite {
 		now := time.Now()
 		for i := range o.main {
@@ -118,16 +137,27 @@ func appendBufs(bufs [][]byte, ps []piece, chunk []byte) [][]byte {
 // bp from here. boundary says whether the output ends between two PDUs.
 // It fails once the link is gone.
 func (o *outbox) submit(bp *[]byte, ps []piece, chunk []byte, boundary bool, scratch *[][]byte) error {
+	if o.fast.Load() {
+		*scratch = appendBufs((*scratch)[:0], ps, chunk)
+		err := o.l.write(o.dst, o.d, *scratch)
+		clear(*scratch)
+		bufPool.Put(bp)
+		o.mid.Store(!boundary)
+		return err
+	}
 	o.mu.Lock()
 	if o.direct(ps) {
 		o.busy = true
+		o.refresh()
 		o.mu.Unlock()
 		*scratch = appendBufs((*scratch)[:0], ps, chunk)
 		err := o.l.write(o.dst, o.d, *scratch)
 		clear(*scratch)
 		bufPool.Put(bp)
 		o.mu.Lock()
-		o.busy, o.mid = false, !boundary
+		o.busy = false
+		o.mid.Store(!boundary)
+		o.refresh()
 		o.mu.Unlock()
 		return err
 	}
@@ -202,6 +232,7 @@ func (o *outbox) enqueue(bp *[]byte, ps []piece, chunk []byte, boundary, eof boo
 		bufPool.Put(bp)
 	}
 	o.nheld.Store(int32(len(o.held)))
+	o.refresh()
 	signal(o.wake)
 }
 
@@ -211,6 +242,7 @@ func (o *outbox) finish(ps []piece, boundary bool, scratch *[][]byte) error {
 	o.mu.Lock()
 	if o.direct(ps) {
 		o.busy = true
+		o.refresh()
 		o.mu.Unlock()
 		*scratch = appendBufs((*scratch)[:0], ps, nil)
 		err := o.l.write(o.dst, o.d, *scratch)
@@ -219,6 +251,7 @@ func (o *outbox) finish(ps []piece, boundary bool, scratch *[][]byte) error {
 		}
 		o.mu.Lock()
 		o.busy, o.finished = false, true
+		o.refresh()
 		signal(o.wake)
 		o.mu.Unlock()
 		return err
@@ -232,7 +265,7 @@ func (o *outbox) finish(ps []piece, boundary bool, scratch *[][]byte) error {
 // two PDUs of the main stream, and before main items due no earlier.
 // Callers hold o.mu.
 func (o *outbox) next(now time.Time) (outItem, bool) {
-	if len(o.held) > 0 && !o.mid && !o.held[0].due.After(now) && (len(o.main) == 0 || !o.held[0].due.After(o.main[0].due)) {
+	if len(o.held) > 0 && !o.mid.Load() && !o.held[0].due.After(now) && (len(o.main) == 0 || !o.held[0].due.After(o.main[0].due)) {
 		it := o.held[0]
 		o.held = o.held[1:]
 		o.nheld.Store(int32(len(o.held)))
@@ -265,7 +298,7 @@ func (o *outbox) wait(now time.Time) time.Duration {
 	if has {
 		at = o.main[0].due
 	}
-	if len(o.held) > 0 && !o.mid && (!has || o.held[0].due.Before(at)) {
+	if len(o.held) > 0 && !o.mid.Load() && (!has || o.held[0].due.Before(at)) {
 		at, has = o.held[0].due, true
 	}
 	if !has {
@@ -295,6 +328,7 @@ func (o *outbox) run() {
 		}
 		if it, ok := o.next(time.Now()); ok {
 			o.busy = true
+			o.refresh()
 			o.mu.Unlock()
 			err := o.l.write(o.dst, o.d, it.bufs)
 			if err == nil && it.eof {
@@ -306,10 +340,11 @@ func (o *outbox) run() {
 			o.mu.Lock()
 			o.busy = false
 			if !it.held {
-				o.mid = !it.boundary
+				o.mid.Store(!it.boundary)
 			}
 			o.queued -= it.size
 			o.finished = o.finished || it.eof
+			o.refresh()
 			signal(o.space)
 			if err != nil {
 				o.release()
@@ -350,4 +385,5 @@ func (o *outbox) release() {
 	}
 	o.main, o.held, o.queued = nil, nil, 0
 	o.nheld.Store(0)
+	o.refresh()
 }

@@ -951,6 +951,31 @@ func TestHostileInputClosesTheConnection(t *testing.T) {
 	if err := c.WaitClosed(); err != nil {
 		t.Error(err)
 	}
+	// So is one on Data-Out, which the target reads straight into the
+	// command's buffer.
+	c = login(t, s.addr(), 19, iscsi.KV{Key: "DataDigest", Value: "CRC32C"}, iscsi.KV{Key: "ImmediateData", Value: "No"})
+	w := scsiCmd(c, frontendtest.Write10(0, 1), iscsi.FlagFinal|iscsi.FlagWrite, 512)
+	send(t, c, w)
+	r2t := recv(t, c)
+	if r2t.Opcode() != iscsi.OpR2T {
+		t.Fatalf("got %s, want R2T", r2t)
+	}
+	d := iscsi.New(iscsi.OpDataOut)
+	d.SetFlags(iscsi.FlagFinal)
+	d.SetITT(w.ITT())
+	d.SetTTT(r2t.TTT())
+	d.Data = make([]byte, 512)
+	b, _ = d.Marshal(iscsi.Digests{Data: true})
+	b[len(b)-1] ^= 0xff
+	if _, err := c.C.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if r := recv(t, c); r.Opcode() != iscsi.OpReject || r.BHS[2] != 0x02 {
+		t.Errorf("Data-Out with a bad data digest: got %s reason 0x%02x, want Reject (data digest)", r, r.BHS[2])
+	}
+	if err := c.WaitClosed(); err != nil {
+		t.Error(err)
+	}
 	// Through all of it the target kept serving.
 	ping(t, login(t, s.addr(), 18))
 }
@@ -992,6 +1017,9 @@ func TestCloseReleasesEverything(t *testing.T) {
 		Portals:      []frontend.Portal{{Listen: "127.0.0.1:0", TPGT: 1}, {Listen: "127.0.0.1:0", TPGT: 2}},
 		SCSI:         fake,
 		LoginTimeout: loginTimeout,
+		// Pings on, so their goroutines are counted too; rare enough not
+		// to interleave with the exchanges below.
+		NopInInterval: ioTimeout,
 	})
 	if err != nil {
 		t.Fatal(err)

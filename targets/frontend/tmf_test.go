@@ -1,6 +1,7 @@
 package frontend_test
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/certkit/certkit/iscsi"
+	"github.com/certkit/certkit/iscsi/initiator"
 	"github.com/certkit/certkit/targets/frontend"
 	"github.com/certkit/certkit/targets/frontend/frontendtest"
 )
@@ -248,6 +250,29 @@ func TestNOPInPings(t *testing.T) {
 		}
 		if err := sess.NOP(true, []byte("still here")); err != nil {
 			t.Fatalf("session answering pings was dropped: %v", err)
+		}
+	})
+
+	t.Run("the emulated host's initiator answers them", func(t *testing.T) {
+		from := echoes.Load()
+		ctx := context.Background()
+		sess, err := initiator.Login(ctx, initiator.Options{InitiatorName: initiatorIQN, TargetName: targetIQN, Address: s.addr(), ISID: isid(87)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sess.Close()
+		const pings = 3 * int64(timeout/interval)
+		deadline := time.Now().Add(ioTimeout)
+		tick := time.NewTicker(pollInterval)
+		defer tick.Stop()
+		for echoes.Load()-from < pings {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d pings answered within %v, want %d", echoes.Load()-from, ioTimeout, pings)
+			}
+			<-tick.C
+		}
+		if err := sess.TestUnitReady(ctx, 0); err != nil {
+			t.Fatalf("after %d pings: %v", pings, err)
 		}
 	})
 }
