@@ -15,6 +15,22 @@ import (
 	"sync"
 )
 
+// CatalogVersion names this set of tests and what each requires; a bundle
+// records it, and `certkit bundle verify` checks a bundle holds every test
+// its catalog version requires. Bump it when a test is added, removed or
+// its pass criteria change.
+const CatalogVersion = "2026.11-1"
+
+// IDs returns the IDs of every registered spec, sorted.
+func IDs() []string {
+	specs := Catalog()
+	ids := make([]string, len(specs))
+	for i, s := range specs {
+		ids[i] = s.ID
+	}
+	return ids
+}
+
 // Spec is one certification test.
 type Spec struct {
 	// ID is the stable identifier reviewers and reports use, e.g.

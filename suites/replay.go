@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strings"
 
 	"github.com/certkit/certkit/harness/esxcli"
 	"github.com/certkit/certkit/reports/bundle"
@@ -92,6 +93,8 @@ func Replay(b *bundle.Bundle) []Replayed {
 		case !known:
 			r.Note = "not in this certkit's catalog"
 			r.Differences = append(r.Differences, "test "+res.ID+" is not in the catalog of this certkit; replay it with the certkit version that recorded it")
+		case res.Status == bundle.StatusError && strings.HasPrefix(res.Reason, bundle.NoVerdictReason):
+			r.Note = res.Reason // the run died before this test ended; finalize recorded it
 		case res.Status == bundle.StatusSkipped:
 			r.Note = "skipped: " + res.Reason
 		case spec.Replay == nil:

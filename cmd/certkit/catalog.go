@@ -8,6 +8,17 @@ import (
 	"github.com/certkit/certkit/suites"
 )
 
+func init() {
+	// bundle verify and report check a bundle against the catalog version
+	// it names; this certkit knows its own.
+	catalogRequirements = func(v string) ([]string, bool) {
+		if v != suites.CatalogVersion {
+			return nil, false
+		}
+		return suites.IDs(), true
+	}
+}
+
 func catalogCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "catalog",

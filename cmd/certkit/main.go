@@ -30,7 +30,7 @@ func main() {
 		SilenceErrors: true,
 		Version:       version,
 	}
-	root.AddCommand(runCmd(), labCmd(), targetCmd(), bundleCmd(), catalogCmd())
+	root.AddCommand(runCmd(), labCmd(), targetCmd(), bundleCmd(), catalogCmd(), reportCmd())
 	if err := root.Execute(); err != nil {
 		code := 2
 		var ee *exitError

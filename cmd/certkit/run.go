@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"os"
@@ -33,6 +34,7 @@ func runCmd() *cobra.Command {
 		labArg, defect, outDir, bundlePath string
 		focus                              []string
 		verbose                            bool
+		signKey                            string
 	)
 	c := &cobra.Command{
 		Use:   "run",
@@ -79,7 +81,15 @@ start, 130 interrupted (every injected fault is reverted first).`,
 				bundlePath = filepath.Join(outDir, fmt.Sprintf("certkit-%s-%s.tgz",
 					profile.Name, time.Now().UTC().Format("20060102T150405Z")))
 			}
-			return runCatalog(ctx, cmd, profile, defect, bundlePath, focus, verbose)
+			var key ed25519.PrivateKey
+			if signKey != "" {
+				k, err := bundle.LoadPrivateKey(signKey)
+				if err != nil {
+					return &exitError{exitSetup, err}
+				}
+				key = k
+			}
+			return runCatalog(ctx, cmd, profile, defect, bundlePath, focus, verbose, key)
 		},
 	}
 	c.Flags().StringVar(&labArg, "lab", "embedded", `lab profile file, or "embedded"`)
@@ -88,7 +98,25 @@ start, 130 interrupted (every injected fault is reverted first).`,
 	c.Flags().StringVar(&bundlePath, "bundle", "", "bundle file to write (default: <out>/certkit-<lab>-<time>.tgz)")
 	c.Flags().StringSliceVar(&focus, "test", nil, "run only these test IDs (repeatable)")
 	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every step of every test")
+	c.Flags().StringVar(&signKey, "sign-key", "", "ed25519 private key (PEM, from `certkit bundle keygen`) to sign the bundle with")
 	return c
+}
+
+// labSecrets are the lab's secret values, which the bundle writer scrubs
+// from everything it writes.
+func labSecrets(p *lab.Profile) []string {
+	var out []string
+	for _, h := range p.Hosts {
+		if pw, err := h.SSH.ResolvePassword(); err == nil && len(pw) >= 4 {
+			out = append(out, pw)
+		}
+	}
+	for _, a := range p.Arrays {
+		if t, err := a.Control.ResolveToken(); err == nil && len(t) >= 4 {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // defectHelp lists the emulated host's defects with what each one breaks.
@@ -100,7 +128,7 @@ func defectHelp() string {
 	return b.String()
 }
 
-func runCatalog(ctx context.Context, cmd *cobra.Command, profile *lab.Profile, defect, bundlePath string, focus []string, verbose bool) error {
+func runCatalog(ctx context.Context, cmd *cobra.Command, profile *lab.Profile, defect, bundlePath string, focus []string, verbose bool, key ed25519.PrivateKey) error {
 	redacted, err := profile.Redacted().Marshal()
 	if err != nil {
 		return &exitError{exitSetup, err}
@@ -109,7 +137,8 @@ func runCatalog(ctx context.Context, cmd *cobra.Command, profile *lab.Profile, d
 	if defect != "" {
 		summary["host_defect"] = defect
 	}
-	w, err := bundle.Create(bundlePath, bundle.Meta{ToolVersion: version, Lab: summary, Profile: redacted})
+	w, err := bundle.Create(bundlePath, bundle.Meta{ToolVersion: version, Lab: summary, Profile: redacted,
+		CatalogVersion: suites.CatalogVersion, Required: suites.IDs(), Secrets: labSecrets(profile), SignKey: key})
 	if err != nil {
 		return &exitError{exitSetup, err}
 	}

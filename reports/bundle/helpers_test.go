@@ -48,7 +48,7 @@ arrays:
 `
 
 // writeSample writes a small but complete bundle at dir/name and returns its path.
-func writeSample(t *testing.T, dir, name string, c *clock) string {
+func writeSample(t testing.TB, dir, name string, c *clock) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
 	w, err := Create(p, Meta{

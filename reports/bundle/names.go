@@ -11,47 +11,54 @@ import (
 // Fixed names inside a bundle.
 const (
 	ManifestName    = "manifest.json"
+	SignatureName   = "manifest.sig" // ed25519 signature of the manifest; optional, never listed in it
 	ResultsJSONName = "results/results.json"
 	JUnitName       = "results/junit.xml"
 	ProfileName     = "lab/profile.yaml"
 
 	// Per-test files, under TestDir(id).
 	ResultFile   = "result.json"
-	TimelineFile = "timeline.json"
+	TimelineFile = "timeline.json" // fault timeline: [{at, action, array, portal, kind, fault_id, array_at, error}]
+	EvidenceFile = "evidence.json" // what the verdict rests on (observer samples, I/O, limits); shape per test family
 	SamplesFile  = "samples.json"
 )
 
 // SchemaVersion is the manifest schema this package writes and reads.
-const SchemaVersion = 1
+// Version 2 added completeness, catalog version, required tests, host and
+// array versions, the redacted lab profile and manifest.sig.
+const SchemaVersion = 2
 
 // Limits that keep Verify and Read bounded on hostile input. A bundle that
 // exceeds one is rejected with an error naming the limit.
 const (
-	MaxArchiveBytes  int64 = 4 << 30  // compressed .tgz size
-	MaxTotalBytes    int64 = 16 << 30 // uncompressed tar stream
-	MaxEntryBytes    int64 = 2 << 30  // one file
-	MaxEntries             = 50_000   // tar entries, directories included
-	MaxManifestBytes int64 = 32 << 20 // manifest.json (parsed in memory)
-	MaxFileBytes     int64 = 64 << 20 // (*Bundle).File and results.json (returned in memory)
-	MaxNameBytes           = 512      // one path
-	MaxElemBytes           = 255      // one path element
-	MaxProblems            = 1000     // problems collected by Verify before it stops listing
+	MaxArchiveBytes   int64 = 4 << 30  // compressed .tgz size
+	MaxTotalBytes     int64 = 16 << 30 // uncompressed tar stream
+	MaxEntryBytes     int64 = 2 << 30  // one file
+	MaxEntries              = 50_000   // tar entries, directories included
+	MaxManifestBytes  int64 = 32 << 20 // manifest.json (parsed in memory)
+	MaxFileBytes      int64 = 64 << 20 // (*Bundle).File, results.json, junit.xml and every JSON/XML file Verify parses
+	MaxSignatureBytes       = 64 << 10 // manifest.sig
+	MaxNameBytes            = 512      // one path
+	MaxElemBytes            = 255      // one path element
+	MaxProblems             = 1000     // problems collected by Verify before it stops listing
 )
 
 // limits is the set Verify uses; tests shrink it to exercise each bound.
 type limits struct {
 	archive, total, entry, manifest, file int64
 	entries, problems                     int
+	signature                             int64
 }
 
 var defaultLimits = limits{
-	archive:  MaxArchiveBytes,
-	total:    MaxTotalBytes,
-	entry:    MaxEntryBytes,
-	entries:  MaxEntries,
-	manifest: MaxManifestBytes,
-	file:     MaxFileBytes,
-	problems: MaxProblems,
+	archive:   MaxArchiveBytes,
+	total:     MaxTotalBytes,
+	entry:     MaxEntryBytes,
+	entries:   MaxEntries,
+	manifest:  MaxManifestBytes,
+	file:      MaxFileBytes,
+	problems:  MaxProblems,
+	signature: MaxSignatureBytes,
 }
 
 // checkName reports why name is not acceptable as a file path inside a

@@ -7,7 +7,6 @@ import (
 	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -20,6 +19,7 @@ type Bundle struct {
 	path     string
 	manifest Manifest
 	results  []TestResult
+	signer   string
 	lim      limits
 }
 
@@ -30,31 +30,11 @@ func Read(path string) (*Bundle, error) {
 }
 
 func read(path string, lim limits) (*Bundle, error) {
-	m, err := verify(path, lim)
+	vd, err := verifyArchive(path, lim, nil)
 	if err != nil {
 		return nil, err
 	}
-	b := &Bundle{path: path, manifest: *m, lim: lim}
-	data, err := b.File(ResultsJSONName)
-	if err != nil {
-		return nil, err
-	}
-	var rs Results
-	if err := json.Unmarshal(data, &rs); err != nil {
-		return nil, fmt.Errorf("bundle %s: %s: malformed JSON: %v", path, ResultsJSONName, err)
-	}
-	seen := map[string]bool{}
-	for i, r := range rs.Tests {
-		if err := r.validate(); err != nil {
-			return nil, fmt.Errorf("bundle %s: %s: tests[%d]: %v", path, ResultsJSONName, i, err)
-		}
-		if seen[r.ID] {
-			return nil, fmt.Errorf("bundle %s: %s: tests[%d]: test %s appears twice", path, ResultsJSONName, i, r.ID)
-		}
-		seen[r.ID] = true
-	}
-	b.results = rs.Tests
-	return b, nil
+	return &Bundle{path: path, manifest: *vd.manifest, results: vd.results, signer: vd.signer, lim: lim}, nil
 }
 
 // Path is the bundle file.
@@ -66,6 +46,11 @@ func (b *Bundle) Manifest() Manifest {
 	m.Files = slices.Clone(m.Files)
 	return m
 }
+
+// Signer is the key ID of the bundle's valid manifest.sig, "" when it is
+// unsigned. Read checks the signature against the key it carries; only
+// Check with VerifyOptions.PublicKey says whether that key is trusted.
+func (b *Bundle) Signer() string { return b.signer }
 
 // Results returns the test results in run order.
 func (b *Bundle) Results() []TestResult {

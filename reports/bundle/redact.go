@@ -2,9 +2,14 @@ package bundle
 
 import (
 	"bytes"
+	"encoding/json"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -101,4 +106,84 @@ func redactValue(v any) any {
 	default:
 		return v
 	}
+}
+
+// MinSecretBytes is the shortest secret Meta.Secrets accepts: a shorter one
+// would match ordinary words of the evidence everywhere.
+const MinSecretBytes = 4
+
+// scrubber replaces known secret values (the lab's passwords, CHAP secrets,
+// tokens) wherever they appear: raw, and as JSON, XML, Go-quoted, YAML and
+// URL encodings would render them.
+type scrubber struct {
+	r *strings.Replacer // nil: nothing to scrub
+}
+
+func newScrubber(secrets []string) (scrubber, error) {
+	var forms []string
+	seen := map[string]bool{}
+	for i, s := range secrets {
+		if s == "" {
+			continue
+		}
+		if len(s) < MinSecretBytes {
+			return scrubber{}, fmt.Errorf("secret #%d is %d bytes: too short to keep out of the evidence without shredding it (at least %d bytes); use a longer password or token in the lab", i+1, len(s), MinSecretBytes)
+		}
+		for _, f := range secretForms(s) {
+			if f != "" && !seen[f] {
+				seen[f] = true
+				forms = append(forms, f)
+			}
+		}
+	}
+	if len(forms) == 0 {
+		return scrubber{}, nil
+	}
+	// Longer forms first, so that an encoded form wins over the raw secret inside it.
+	slices.SortStableFunc(forms, func(a, b string) int { return len(b) - len(a) })
+	args := make([]string, 0, 2*len(forms))
+	for _, f := range forms {
+		args = append(args, f, Redacted)
+	}
+	return scrubber{r: strings.NewReplacer(args...)}, nil
+}
+
+// secretForms are the ways s can appear in a file the bundle stores.
+func secretForms(s string) []string {
+	forms := []string{s}
+	for _, html := range []bool{true, false} {
+		var b bytes.Buffer
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(html)
+		if enc.Encode(s) == nil {
+			forms = append(forms, strings.TrimSuffix(strings.TrimSuffix(strings.TrimPrefix(b.String(), `"`), "\n"), `"`))
+		}
+	}
+	var x bytes.Buffer
+	if xml.EscapeText(&x, []byte(s)) == nil {
+		forms = append(forms, x.String())
+	}
+	q := strconv.Quote(s)
+	forms = append(forms, q[1:len(q)-1], strings.ReplaceAll(s, "'", "''"),
+		url.QueryEscape(s), url.PathEscape(s))
+	return forms
+}
+
+func (s scrubber) bytes(b []byte) []byte {
+	if s.r == nil || len(b) == 0 {
+		return b
+	}
+	return []byte(s.r.Replace(string(b)))
+}
+
+func (s scrubber) string(v string) string {
+	if s.r == nil {
+		return v
+	}
+	return s.r.Replace(v)
+}
+
+// contains reports whether v holds a secret.
+func (s scrubber) contains(v string) bool {
+	return s.r != nil && s.r.Replace(v) != v
 }

@@ -57,7 +57,28 @@ func ShowText(w io.Writer, b *Bundle) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "bundle:\t%s (verified, %d files)\n", b.path, len(m.Files))
 	fmt.Fprintf(tw, "tool:\tcertkit %s\n", printable(orDash(m.ToolVersion)))
+	if m.CatalogVersion != "" {
+		fmt.Fprintf(tw, "catalog:\t%s (%d required tests)\n", printable(m.CatalogVersion), len(m.Required))
+	}
 	fmt.Fprintf(tw, "run:\t%s .. %s (%s)\n", m.CreatedAt.Format(time.RFC3339), m.FinishedAt.Format(time.RFC3339), m.FinishedAt.Sub(m.CreatedAt).Round(time.Second))
+	switch m.Completeness {
+	case CompletenessFinalized:
+		fmt.Fprintf(tw, "sealed:\tfinalized after the run died (certkit bundle finalize)\n")
+	default:
+		fmt.Fprintf(tw, "sealed:\t%s\n", printable(m.Completeness))
+	}
+	if b.signer != "" {
+		fmt.Fprintf(tw, "signed:\tby key %s\n", b.signer)
+	}
+	for _, kind := range []struct {
+		name string
+		cs   map[string]Component
+	}{{"host", m.Hosts}, {"array", m.Arrays}} {
+		for _, name := range sortedKeys(kind.cs) {
+			c := kind.cs[name]
+			fmt.Fprintf(tw, "%s %s:\t%s\n", kind.name, printable(name), printable(strings.TrimSpace(strings.Join([]string{c.Product, c.Version, c.Build}, " "))))
+		}
+	}
 	if len(m.Lab) > 0 {
 		for _, k := range sortedKeys(m.Lab) {
 			fmt.Fprintf(tw, "lab %s:\t%s\n", printable(k), printable(compactJSON(m.Lab[k])))

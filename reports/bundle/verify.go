@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -56,8 +57,24 @@ func (e *VerifyError) Error() string {
 // returns nil error only for an intact bundle; otherwise a *VerifyError that
 // lists every problem found. The manifest is returned whenever it could be
 // parsed, even when other problems were found.
+//
+// Beyond checksums, Verify checks what a reviewer relies on: the manifest's
+// schema; manifest.sig, when present, against the key it names (use Check
+// with a trusted key to know who signed); results/results.json,
+// results/junit.xml and every tests/<id>/result.json parse and agree with
+// each other and with the manifest's versions; every other JSON and XML
+// file is well-formed; every hosts/<host>/ directory is a host of the
+// manifest. Verify does not judge completeness: see Check.
 func Verify(path string) (*Manifest, error) {
 	return verify(path, defaultLimits)
+}
+
+func verify(path string, lim limits) (*Manifest, error) {
+	vd, err := verifyArchive(path, lim, nil)
+	if vd == nil {
+		return nil, err
+	}
+	return vd.manifest, err
 }
 
 // entryInfo is what Verify learned about one archive entry.
@@ -72,6 +89,23 @@ type verifier struct {
 	lim      limits
 	problems []Problem
 	omitted  int
+
+	// Content kept for the checks after the scan (each bounded by lim).
+	sig, resultsJSON, junitXML []byte
+	perTest                    map[string][sha256.Size]byte // test id -> digest of its tests/<id>/result.json
+	hostDirs                   map[string]string            // hosts/<dir> -> first file seen in it
+	// contentProblems are problems with what a file says; they are
+	// reported only for files intact against the manifest (a changed file
+	// is reported as changed, once).
+	contentProblems map[string][]Problem
+	intact          map[string]bool // files whose size and SHA-256 match the manifest
+}
+
+// verified is what verifyArchive established.
+type verified struct {
+	manifest *Manifest
+	results  []TestResult
+	signer   string // key ID of a valid manifest.sig; "" when unsigned
 }
 
 func (v *verifier) add(file, format string, args ...any) {
@@ -89,8 +123,9 @@ func (v *verifier) err() error {
 	return &VerifyError{Bundle: v.path, Problems: v.problems, Omitted: v.omitted}
 }
 
-func verify(path string, lim limits) (*Manifest, error) {
-	v := &verifier{path: path, lim: lim}
+func verifyArchive(path string, lim limits, trusted ed25519.PublicKey) (*verified, error) {
+	v := &verifier{path: path, lim: lim, perTest: map[string][sha256.Size]byte{}, hostDirs: map[string]string{},
+		contentProblems: map[string][]Problem{}, intact: map[string]bool{}}
 	f, err := os.Open(path)
 	if err != nil {
 		v.add("", "cannot open: %v", err)
@@ -111,7 +146,16 @@ func verify(path string, lim limits) (*Manifest, error) {
 	}
 	entries, rawManifest := v.scan(f)
 	m := v.checkManifest(rawManifest, entries)
-	return m, v.err()
+	if m == nil {
+		v.sortProblems()
+		return nil, v.err()
+	}
+	vd := &verified{manifest: m}
+	vd.signer = v.checkSignature(rawManifest, trusted)
+	vd.results = v.checkResults(m, entries)
+	v.checkHosts(m)
+	v.sortProblems()
+	return vd, v.err()
 }
 
 // scan reads the whole archive once, hashing every entry while streaming.
@@ -187,10 +231,14 @@ func (v *verifier) scan(r io.Reader) (map[string]*entryInfo, []byte) {
 			return entries, manifest
 		}
 		hashLeft -= hdr.Size
+		if dir, ok := hostDir(name); ok && v.hostDirs[dir] == "" {
+			v.hostDirs[dir] = name
+		}
 		h := sha256.New()
 		var dst io.Writer = h
 		var mbuf *bytes.Buffer
-		if name == ManifestName && hdr.Size <= v.lim.manifest {
+		keep := v.keepLimit(name)
+		if hdr.Size <= keep {
 			mbuf = bytes.NewBuffer(make([]byte, 0, min(hdr.Size, 1<<20))) // grows only as data arrives
 			dst = io.MultiWriter(h, mbuf)
 		}
@@ -202,12 +250,17 @@ func (v *verifier) scan(r io.Reader) (map[string]*entryInfo, []byte) {
 		e := &entryInfo{size: size, count: 1}
 		h.Sum(e.sum[:0])
 		entries[name] = e
-		if name == ManifestName {
-			if mbuf == nil {
-				v.add(name, "manifest is %d bytes, over the %d-byte limit", hdr.Size, v.lim.manifest)
-			} else {
-				manifest = mbuf.Bytes()
-			}
+		switch {
+		case keep < 0:
+		case mbuf == nil && name == ManifestName:
+			v.add(name, "manifest is %d bytes, over the %d-byte limit", hdr.Size, v.lim.manifest)
+		case mbuf == nil && (name == SignatureName || name == ResultsJSONName || name == JUnitName || isResultFile(name)):
+			v.add(name, "%d bytes, over the %d-byte limit for this file", hdr.Size, keep)
+		case mbuf == nil: // evidence too big to parse here; its checksum was checked
+		case name == ManifestName:
+			manifest = mbuf.Bytes()
+		default:
+			v.content(name, mbuf.Bytes())
 		}
 	}
 	// The tar end marker does not end the gzip stream: read to its end so a
@@ -259,7 +312,10 @@ func (v *verifier) checkManifest(raw []byte, entries map[string]*entryInfo) *Man
 			v.add(ManifestName, "schema_version %d is not supported (this certkit reads %d); use a matching certkit version", m.SchemaVersion, SchemaVersion)
 		}
 	}
-	listed := map[string]bool{ManifestName: true}
+	if m != nil && m.SchemaVersion == SchemaVersion {
+		v.checkHeader(m)
+	}
+	listed := map[string]bool{ManifestName: true, SignatureName: true}
 	if m != nil {
 		for i, f := range m.Files {
 			if err := f.check(); err != nil {
@@ -281,6 +337,11 @@ func (v *verifier) checkManifest(raw []byte, entries map[string]*entryInfo) *Man
 				v.add(f.Path, "size mismatch (manifest %d bytes, file %d bytes)", f.Size, e.size)
 			case hex.EncodeToString(e.sum[:]) != f.SHA256:
 				v.add(f.Path, "SHA-256 mismatch (manifest %s…, file %s…)", f.SHA256[:12], hex.EncodeToString(e.sum[:6]))
+			case e.count == 1:
+				v.intact[f.Path] = true
+				for _, p := range v.contentProblems[f.Path] {
+					v.add(p.File, "%s", p.Message)
+				}
 			}
 		}
 	}
@@ -296,8 +357,11 @@ func (v *verifier) checkManifest(raw []byte, entries map[string]*entryInfo) *Man
 			v.add(name, "file not listed in manifest (extra)")
 		}
 	}
-	slices.SortStableFunc(v.problems, func(a, b Problem) int { return strings.Compare(a.File, b.File) })
 	return m
+}
+
+func (v *verifier) sortProblems() {
+	slices.SortStableFunc(v.problems, func(a, b Problem) int { return strings.Compare(a.File, b.File) })
 }
 
 // sparse reports whether the tar reader would synthesize holes for hdr.

@@ -97,10 +97,10 @@ func TestVerifyNamesEveryTamperedFile(t *testing.T) {
 		}, ManifestName, "(../profile.yaml): path traversal"},
 		{"future schema", func(t *testing.T) []byte {
 			return tamper(t, func(es []entry) []entry {
-				es[0].data = bytes.Replace(es[0].data, []byte(`"schema_version": 1`), []byte(`"schema_version": 2`), 1)
+				es[0].data = bytes.Replace(es[0].data, []byte(`"schema_version": 2`), []byte(`"schema_version": 3`), 1)
 				return es
 			})
-		}, ManifestName, "schema_version 2 is not supported"},
+		}, ManifestName, "schema_version 3 is not supported"},
 		{"no manifest", func(t *testing.T) []byte {
 			return tamper(t, func(es []entry) []entry { return es[1:] })
 		}, ManifestName, "missing; this is not a certkit bundle"},

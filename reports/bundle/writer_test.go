@@ -25,7 +25,7 @@ func TestRoundTripWriteVerifyReadShow(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify of an intact bundle: %v", err)
 	}
-	if m.SchemaVersion != 1 || m.ToolVersion != "v0.1.0-test" || m.Suite != "certkit" {
+	if m.SchemaVersion != SchemaVersion || m.ToolVersion != "v0.1.0-test" || m.Suite != "certkit" || m.Completeness != CompletenessComplete || m.Finalization != nil {
 		t.Errorf("manifest header = %+v", m)
 	}
 	if !m.FinishedAt.After(m.CreatedAt) {
@@ -222,22 +222,22 @@ func TestCreateRefusesToClobber(t *testing.T) {
 	if err := os.Mkdir(q+".partial", 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Create(q, Meta{}); err == nil || !strings.Contains(err.Error(), "crashed.tgz.partial/ exists") {
+	if _, err := Create(q, Meta{ToolVersion: "v1"}); err == nil || !strings.Contains(err.Error(), "crashed.tgz.partial/ exists") {
 		t.Errorf("Create over a leftover staging dir: %v", err)
 	}
-	if _, err := Create(filepath.Join(dir, "bad.tgz"), Meta{Profile: []byte("a: [unclosed")}); err == nil || !strings.Contains(err.Error(), "lab profile: not valid YAML") {
+	if _, err := Create(filepath.Join(dir, "bad.tgz"), Meta{ToolVersion: "v1", Profile: []byte("a: [unclosed")}); err == nil || !strings.Contains(err.Error(), "lab profile: not valid YAML") {
 		t.Errorf("Create with a broken profile: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "bad.tgz.partial")); !os.IsNotExist(err) {
 		t.Errorf("failed Create left a staging directory: %v", err)
 	}
-	if _, err := Create(filepath.Join(dir, "bad2.tgz"), Meta{Lab: map[string]any{"ch": make(chan int)}}); err == nil || !strings.Contains(err.Error(), "lab summary") {
+	if _, err := Create(filepath.Join(dir, "bad2.tgz"), Meta{ToolVersion: "v1", Lab: map[string]any{"ch": make(chan int)}}); err == nil || !strings.Contains(err.Error(), "lab summary") {
 		t.Errorf("Create with an unencodable lab summary: %v", err)
 	}
 }
 
 func TestWriterRejectsBadNamesNamingThem(t *testing.T) {
-	w, err := Create(filepath.Join(t.TempDir(), "run.tgz"), Meta{Now: newClock().Now})
+	w, err := Create(filepath.Join(t.TempDir(), "run.tgz"), Meta{ToolVersion: "v1", Now: newClock().Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +271,7 @@ func TestWriterRejectsBadNamesNamingThem(t *testing.T) {
 }
 
 func TestAddResultValidates(t *testing.T) {
-	w, err := Create(filepath.Join(t.TempDir(), "run.tgz"), Meta{Now: newClock().Now})
+	w, err := Create(filepath.Join(t.TempDir(), "run.tgz"), Meta{ToolVersion: "v1", Now: newClock().Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +298,7 @@ func TestAddResultValidates(t *testing.T) {
 
 func TestFailedCloseKeepsEvidence(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "run.tgz")
-	w, err := Create(p, Meta{Now: newClock().Now})
+	w, err := Create(p, Meta{ToolVersion: "v1", Now: newClock().Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,7 +327,7 @@ func TestFailedCloseKeepsEvidence(t *testing.T) {
 
 func TestConcurrentWriters(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "run.tgz")
-	w, err := Create(p, Meta{Now: newClock().Now})
+	w, err := Create(p, Meta{ToolVersion: "v1", Now: newClock().Now})
 	if err != nil {
 		t.Fatal(err)
 	}

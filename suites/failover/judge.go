@@ -70,15 +70,16 @@ type Verdict struct {
 // judged against, as the bundle records them.
 func (v Verdict) Measurements(l Limits) (map[string]bundle.Measurement, map[string]bundle.Threshold) {
 	lo, hi := l.NoopOutTimeout.Seconds(), l.MaxDetection().Seconds()
-	slack, fb := l.DetectionSlack.Seconds(), l.FailbackTimeout.Seconds()
+	slack, fb, zero := l.DetectionSlack.Seconds(), l.FailbackTimeout.Seconds(), 0.0
 	return map[string]bundle.Measurement{
 			"detection_seconds":    {Value: v.DetectionSeconds, Unit: "s"},
 			"io_resume_seconds":    {Value: v.IOResumeSeconds, Unit: "s"},
 			"path_restore_seconds": {Value: v.RestoreSeconds, Unit: "s"},
 		}, map[string]bundle.Threshold{
-			"detection_seconds":    {Min: &lo, Max: &hi, Unit: "s"},
-			"io_resume_seconds":    {Max: &slack, Unit: "s"},
-			"path_restore_seconds": {Max: &fb, Unit: "s"},
+			"detection_seconds": {Min: &lo, Max: &hi, Unit: "s"},
+			// -1 (never happened) falls below Min and shows as out of bounds.
+			"io_resume_seconds":    {Min: &zero, Max: &slack, Unit: "s"},
+			"path_restore_seconds": {Min: &zero, Max: &fb, Unit: "s"},
 		}
 }
 
