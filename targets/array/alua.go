@@ -343,4 +343,5 @@ func respond(cmd *api.SCSICommand, data []byte, alloc int) {
 	cmd.InSDBBuffer.Resid = uint32(n)
 	cmd.Result = api.SAM_STAT_GOOD
 }
+
 var _ frontend.Resetter = (*alua)(nil)
