@@ -15,6 +15,7 @@ import (
 func labCmd() *cobra.Command {
 	c := &cobra.Command{Use: "lab", Short: "Run lab stand-ins"}
 	var dir, defect string
+	var hosts int
 	up := &cobra.Command{
 		Use:   "up",
 		Short: "Start the embedded lab and keep it running until interrupted",
@@ -29,7 +30,7 @@ Another shell can then run: certkit run --lab DIR/lab.yaml`,
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				return err
 			}
-			l, err := labs.StartEmbedded(ctx, labs.Options{Dir: dir, HostDefect: defect})
+			l, err := labs.StartEmbedded(ctx, labs.Options{Dir: dir, HostDefect: defect, Hosts: hosts})
 			if err != nil {
 				return err
 			}
@@ -43,7 +44,7 @@ Another shell can then run: certkit run --lab DIR/lab.yaml`,
 				return fmt.Errorf("writing lab profile: %w", err)
 			}
 			for _, h := range l.Profile.Hosts {
-				fmt.Fprintf(cmd.OutOrStdout(), "host %s: ssh %s (known_hosts %s)\n", h.Name, h.SSH.Address, h.SSH.KnownHosts)
+				fmt.Fprintf(cmd.OutOrStdout(), "host %s: ssh %s (known_hosts %s), vSphere API %s\n", h.Name, h.SSH.Address, h.SSH.KnownHosts, l.VSphere[h.Name])
 			}
 			for _, a := range l.Profile.Arrays {
 				fmt.Fprintf(cmd.OutOrStdout(), "array %s: control %s\n", a.Name, a.Control.URL)
@@ -54,7 +55,8 @@ Another shell can then run: certkit run --lab DIR/lab.yaml`,
 		},
 	}
 	up.Flags().StringVar(&dir, "dir", "out/lab", "directory for the lab profile, host keys and known_hosts")
-	up.Flags().StringVar(&defect, "host-defect", "", "emulated host defect (negative control)")
+	up.Flags().StringVar(&defect, "host-defect", "", "emulated host defect (negative control); see certkit run --help")
+	up.Flags().IntVar(&hosts, "hosts", 1, fmt.Sprintf("number of emulated hosts (1..%d), esx-01, esx-02, ...", labs.MaxHosts))
 	c.AddCommand(up)
 	return c
 }

@@ -35,6 +35,7 @@ func runCmd() *cobra.Command {
 		focus                              []string
 		verbose                            bool
 		signKey                            string
+		hosts                              int
 	)
 	c := &cobra.Command{
 		Use:   "run",
@@ -61,7 +62,7 @@ start, 130 interrupted (every injected fault is reverted first).`,
 					return &exitError{exitSetup, err}
 				}
 				defer os.RemoveAll(dir)
-				l, err := labs.StartEmbedded(ctx, labs.Options{Dir: dir, HostDefect: defect})
+				l, err := labs.StartEmbedded(ctx, labs.Options{Dir: dir, HostDefect: defect, Hosts: hosts})
 				if err != nil {
 					return &exitError{exitSetup, err}
 				}
@@ -95,6 +96,7 @@ start, 130 interrupted (every injected fault is reverted first).`,
 	c.Flags().StringVar(&labArg, "lab", "embedded", `lab profile file, or "embedded"`)
 	c.Flags().StringVar(&defect, "host-defect", "", "emulated host defect (negative control):"+defectHelp())
 	c.Flags().StringVar(&outDir, "out", "out", "directory for the bundle")
+	c.Flags().IntVar(&hosts, "hosts", 1, fmt.Sprintf("with --lab embedded: number of emulated hosts (1..%d)", labs.MaxHosts))
 	c.Flags().StringVar(&bundlePath, "bundle", "", "bundle file to write (default: <out>/certkit-<lab>-<time>.tgz)")
 	c.Flags().StringSliceVar(&focus, "test", nil, "run only these test IDs (repeatable)")
 	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every step of every test")

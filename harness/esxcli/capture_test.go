@@ -15,28 +15,39 @@ const capturesDir = "../../fixtures/captures"
 // output without a prompt). The "# source:"/"# note:" lines are skipped.
 func capture(tb testing.TB, file, prompt string) string {
 	tb.Helper()
+	return captureNth(tb, file, prompt, 0)
+}
+
+// captureNth is capture for the n-th (from 0) prompt line containing prompt.
+func captureNth(tb testing.TB, file, prompt string, n int) string {
+	tb.Helper()
 	data, err := os.ReadFile(filepath.Join(capturesDir, file))
 	if err != nil {
 		tb.Fatalf("capture: %v", err)
 	}
 	lines := strings.Split(string(data), "\n")
-	for len(lines) > 0 && strings.HasPrefix(lines[0], "# ") {
+	for len(lines) > 0 && (strings.HasPrefix(lines[0], "# source:") || strings.HasPrefix(lines[0], "# note:")) {
 		lines = lines[1:]
 	}
 	isBreak := func(l string) bool {
-		return strings.HasPrefix(l, "~ # ") || strings.HasPrefix(l, "[root@") || strings.HasPrefix(l, "## ")
+		return strings.HasPrefix(l, "~ # ") || strings.HasPrefix(l, "[root@") || strings.HasPrefix(l, "## ") ||
+			strings.HasPrefix(l, "# esxcli ")
 	}
 	start := 0
 	if prompt != "" {
 		start = -1
+		seen := 0
 		for i, l := range lines {
 			if isBreak(l) && strings.Contains(l, prompt) {
-				start = i + 1
-				break
+				if seen == n {
+					start = i + 1
+					break
+				}
+				seen++
 			}
 		}
 		if start < 0 {
-			tb.Fatalf("capture %s: no prompt line with %q", file, prompt)
+			tb.Fatalf("capture %s: no prompt line %d with %q", file, n, prompt)
 		}
 	}
 	var out []string
@@ -100,6 +111,10 @@ const (
 	capNetworkPort  = "esxcli_iscsi_networkportal_list_elatov.txt"
 	capSessionList  = "esxcli_iscsi_session_list_elatov.txt"
 	capRoundRobinGC = "esxcli_storage_nmp_psp_roundrobin_deviceconfig_get_set_esxi6_elatov.txt"
+	capConnList     = "esxcli_iscsi_session_connection_list_elatov.txt"
+	capAdvancedList = "esxcli_system_settings_advanced_list_o_esxi6_elatov.txt"
+	capSATPRuleGrep = "esxcli_storage_nmp_satp_rule_list_grep_esxi6_elatov.txt"
+	capNMPDevFixed  = "esxcli_storage_nmp_device_list_fixed_iscsi_eql_elatov.txt"
 )
 
 // Synthetic outputs in ESXi's canonical layout for commands no published
@@ -110,6 +125,22 @@ const (
 -------  ---------------
 vmhba64  127.0.0.1:40001
 vmhba64  127.0.0.1:40002
+`
+	// satpRulesOut is `storage nmp satp rule list` in ESXi's aligned
+	// layout (the published capture is grep-filtered and lost its
+	// alignment): empty cells in the middle of rows, and the last column
+	// empty on some.
+	satpRulesOut = `Name                 Device  Vendor  Model           Driver  Transport  Options                     Rule Group  Claim Options  Default PSP  PSP Options  Description
+-------------------  ------  ------  --------------  ------  ---------  --------------------------  ----------  -------------  -----------  -----------  -------------------------------
+VMW_SATP_MSA                         MSA1000 VOLUME                                                 system
+VMW_SATP_ALUA                NETAPP                                     reset_on_attempted_reserve  system      tpgs_on        VMW_PSP_RR                NetApp arrays with ALUA support
+VMW_SATP_DEFAULT_AA                                          iscsi                                  system                                               Default for iSCSI
+VMW_SATP_ALUA                SUN     COMSTAR                                                        user                       VMW_PSP_RR   iops=1       OmniOS Devices
+`
+	// fixedConfigOut is `storage nmp psp fixed deviceconfig get`, of which
+	// no capture was found: the fields of its result type.
+	fixedConfigOut = `   Device: naa.6090a088006f910fe8df241e1a01d012
+   Preferred Path: vmhba33:C7:T12:L0
 `
 	pathStatsOut = `vmhba64:C0:T0:L0
    Successful Commands: 437865323

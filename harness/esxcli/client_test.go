@@ -209,9 +209,20 @@ func canned(cmd string) reply {
 	return reply{stdout: "ran: " + cmd + "\n"}
 }
 
+// dial connects to the test server. timeout also bounds the handshake;
+// the tests that give a short one test the command timeout, not the
+// connection, so a connect or handshake that a loaded machine (the race
+// detector, other packages' tests) slows past it is tried again.
 func dial(t *testing.T, h lab.Host, timeout time.Duration) *Client {
 	t.Helper()
-	c, err := Dial(context.Background(), h, timeout)
+	var c *Client
+	var err error
+	for try := 0; try < 5; try++ {
+		c, err = Dial(context.Background(), h, timeout)
+		if err == nil || !strings.Contains(err.Error(), "deadline exceeded") && !strings.Contains(err.Error(), "i/o timeout") {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -364,6 +375,7 @@ func TestCommandTimeoutClosesSessionAndNamesCommand(t *testing.T) {
 	s := newSSHServer(t, canned)
 	timeout := 100 * time.Millisecond
 	c := dial(t, s.host(t), timeout)
+	dialed, _ := s.stats()
 	var seen []*Result
 	c.OnResult(func(r *Result) { seen = append(seen, r) })
 
@@ -378,8 +390,8 @@ func TestCommandTimeoutClosesSessionAndNamesCommand(t *testing.T) {
 	if _, err := c.Esxcli(context.Background(), "iscsi", "software", "get"); err != nil {
 		t.Errorf("after a timeout: %v", err)
 	}
-	if dials, _ := s.stats(); dials != 1 {
-		t.Errorf("%d connections, want 1", dials)
+	if dials, _ := s.stats(); dials != dialed {
+		t.Errorf("%d more connections, want none", dials-dialed)
 	}
 }
 

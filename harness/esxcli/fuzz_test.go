@@ -20,6 +20,10 @@ func blockSeeds(f *testing.F) {
 		capture(f, capNetworkPort, "networkportal list"),
 		capture(f, capSessionList, "session list"),
 		capture(f, capRoundRobinGC, "deviceconfig get"),
+		capture(f, capConnList, "connection list"),
+		capture(f, capAdvancedList, "list -o /Net/UseHwTSO"),
+		capture(f, capNMPDevFixed, "nmp device list"),
+		fixedConfigOut,
 		pathStatsOut,
 		"", "\n", ":", "   :", "a:\n b: c\n", "\t\r\n  x: y",
 	} {
@@ -33,6 +37,8 @@ func tableSeeds(f *testing.F) {
 		capture(f, capParamGet, "param get"),
 		capture(f, capPortalList, "portal list"),
 		capture(f, capSATPList, "satp list"),
+		capture(f, capSATPRuleGrep, "satp rule list"),
+		satpRulesOut,
 		sendTargetsOut,
 		"", "-", "a\n-\n", "a b\n- -\n\n x", "  a\n  -\nxyz\n", "a\n--- -\n",
 	} {
@@ -87,7 +93,9 @@ func FuzzParseNMPDeviceList(f *testing.F) {
 	f.Fuzz(func(t *testing.T, out string) {
 		devs, err := ParseNMPDeviceList(out)
 		for _, d := range devs {
-			_, _ = d.TPGStates(), d.CurrentPath()
+			_, _, _ = d.TPGStates(), d.CurrentPath(), d.PreferredPath()
+			_, _ = d.RoundRobin()
+			_ = d.SATPFlags()
 		}
 		_ = err
 	})
@@ -123,4 +131,49 @@ func FuzzParseBool(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, out string) { _, _ = ParseBool(CmdISCSISoftwareGet, out) })
+}
+
+func FuzzParseSATPList(f *testing.F) {
+	tableSeeds(f)
+	f.Fuzz(func(t *testing.T, out string) { _, _ = ParseSATPList(out) })
+}
+
+func FuzzParsePSPList(f *testing.F) {
+	tableSeeds(f)
+	f.Fuzz(func(t *testing.T, out string) { _, _ = ParsePSPList(out) })
+}
+
+func FuzzParseSATPRules(f *testing.F) {
+	tableSeeds(f)
+	f.Fuzz(func(t *testing.T, out string) { _, _ = ParseSATPRules(out) })
+}
+
+func FuzzParseTargetPortals(f *testing.F) {
+	tableSeeds(f)
+	f.Fuzz(func(t *testing.T, out string) { _, _ = ParseTargetPortals(out) })
+}
+
+func FuzzParseRoundRobinConfig(f *testing.F) {
+	blockSeeds(f)
+	f.Fuzz(func(t *testing.T, out string) { _, _ = ParseRoundRobinConfig(out) })
+}
+
+func FuzzParseFixedConfig(f *testing.F) {
+	blockSeeds(f)
+	f.Fuzz(func(t *testing.T, out string) { _, _ = ParseFixedConfig(out) })
+}
+
+func FuzzParseSessionList(f *testing.F) {
+	blockSeeds(f)
+	f.Fuzz(func(t *testing.T, out string) { _, _ = ParseSessionList(out) })
+}
+
+func FuzzParseConnectionList(f *testing.F) {
+	blockSeeds(f)
+	f.Fuzz(func(t *testing.T, out string) { _, _ = ParseConnectionList(out) })
+}
+
+func FuzzParseAdvancedList(f *testing.F) {
+	blockSeeds(f)
+	f.Fuzz(func(t *testing.T, out string) { _, _ = ParseAdvancedList(out) })
 }

@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // ParseError says which command's output could not be read, where, and why.
@@ -56,7 +57,10 @@ var flatKey = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9 ()/_#-]*:(\s|$)`)
 // ParseBlocks reads the record layout of esxcli's text formatter. It takes
 // both the canonical shape (header at column 0, fields indented) and the
 // shape with indents stripped: when no field line is indented, a line that
-// looks like "Key: Value" is a field and any other line a header. Blank
+// looks like "Key: Value" is a field and any other line a header. Records
+// without a header (`system settings advanced list`, several `deviceconfig
+// get` in a row) are separated by blank lines: a field after a blank line
+// starts a new record when the current one already has fields. Other blank
 // lines are ignored. command names the command in errors.
 func ParseBlocks(command, out string) ([]Record, error) {
 	lines := splitLines(out)
@@ -68,11 +72,15 @@ func ParseBlocks(command, out string) ([]Record, error) {
 		}
 	}
 	var recs []Record
+	afterBlank := false
 	for i, l := range lines {
 		n := i + 1
 		if l == "" {
+			afterBlank = true
 			continue
 		}
+		blank := afterBlank
+		afterBlank = false
 		isField := l[0] == ' ' || l[0] == '\t'
 		if !indented {
 			isField = flatKey.MatchString(l)
@@ -85,7 +93,7 @@ func ParseBlocks(command, out string) ([]Record, error) {
 		if !ok {
 			return nil, &ParseError{Command: command, Line: n, Msg: fmt.Sprintf("%q is not a \"Key: Value\" line", clip(l))}
 		}
-		if len(recs) == 0 {
+		if len(recs) == 0 || (blank && len(recs[len(recs)-1].Fields) > 0) {
 			recs = append(recs, Record{Line: n})
 		}
 		r := &recs[len(recs)-1]
@@ -309,6 +317,32 @@ func (f *fields) int(key string, required bool) int {
 	return v
 }
 
+func (f *fields) int64(key string, required bool) int64 {
+	fl, ok := f.lookup(key, required)
+	if !ok {
+		return 0
+	}
+	v, err := strconv.ParseInt(fl.Value, 10, 64)
+	if err != nil {
+		f.fail(fl.Line, "%s: %q is not an integer", key, clip(fl.Value))
+	}
+	return v
+}
+
+// time reads an optional time printed in layout; an empty value is the
+// zero time.
+func (f *fields) time(key, layout string) time.Time {
+	fl, ok := f.lookup(key, false)
+	if !ok || fl.Value == "" {
+		return time.Time{}
+	}
+	v, err := time.Parse(layout, fl.Value)
+	if err != nil {
+		f.fail(fl.Line, "%s: %q is not a time like %q", key, clip(fl.Value), layout)
+	}
+	return v
+}
+
 func (f *fields) uint64(key string, required bool) uint64 {
 	fl, ok := f.lookup(key, required)
 	if !ok {
@@ -367,6 +401,17 @@ func (c *columns) str(r Row, name string) string {
 		return ""
 	}
 	return r.Cells[i]
+}
+
+func (c *columns) int(r Row, name string) int {
+	if _, ok := c.idx[name]; !ok {
+		return 0
+	}
+	v, err := strconv.Atoi(c.str(r, name))
+	if err != nil && c.err == nil {
+		c.err = &ParseError{Command: c.cmd, Line: r.Line, Msg: fmt.Sprintf("%s: %q is not an integer", name, clip(c.str(r, name)))}
+	}
+	return v
 }
 
 func (c *columns) bool(r Row, name string) bool {

@@ -64,6 +64,7 @@ func TestParseCoreDeviceListReadsComstarCapture(t *testing.T) {
 		DeviceType: "Direct-Access", MultipathPlugin: "NMP", DevfsPath: "/vmfs/devices/disks/naa.600144f08",
 		Vendor: "SUN", Model: "COMSTAR", Revision: "1.0", Status: "degraded",
 		ThinProvisioning: "yes", VAAIStatus: "unknown", OtherUIDs: "vml.0200000000600144f08",
+		HasSettableDisplayName: true, SCSILevel: 5, IsRDMCapable: true, OutstandingIOs: 32,
 	}}
 	if !reflect.DeepEqual(devs, want) {
 		t.Errorf("got  %+v\nwant %+v", devs, want)

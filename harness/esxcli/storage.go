@@ -178,6 +178,19 @@ type Device struct {
 	ThinProvisioning      string // "Thin Provisioning Status": yes, no, unknown
 	VAAIStatus            string // supported, unsupported, unknown
 	OtherUIDs             string
+	// The rest of the record, read when printed.
+	HasSettableDisplayName bool
+	SCSILevel              int
+	IsPseudo               bool
+	IsRDMCapable           bool
+	IsRemovable            bool
+	QueueFullSampleSize    int
+	QueueFullThreshold     int
+	AttachedFilters        string
+	IsLocalSASDevice       bool
+	IsBootUSBDevice        bool
+	// OutstandingIOs is "No of outstanding IOs with competing worlds".
+	OutstandingIOs int
 }
 
 // ParseCoreDeviceList reads `esxcli storage core device list`.
@@ -207,6 +220,18 @@ func ParseCoreDeviceList(out string) ([]Device, error) {
 			ThinProvisioning:      f.str("Thin Provisioning Status", false),
 			VAAIStatus:            f.str("VAAI Status", false),
 			OtherUIDs:             f.str("Other UIDs", false),
+
+			HasSettableDisplayName: f.bool("Has Settable Display Name", false),
+			SCSILevel:              f.int("SCSI Level", false),
+			IsPseudo:               f.bool("Is Pseudo", false),
+			IsRDMCapable:           f.bool("Is RDM Capable", false),
+			IsRemovable:            f.bool("Is Removable", false),
+			QueueFullSampleSize:    f.int("Queue Full Sample Size", false),
+			QueueFullThreshold:     f.int("Queue Full Threshold", false),
+			AttachedFilters:        f.str("Attached Filters", false),
+			IsLocalSASDevice:       f.bool("Is Local SAS Device", false),
+			IsBootUSBDevice:        f.bool("Is Boot USB Device", false),
+			OutstandingIOs:         f.int("No of outstanding IOs with competing worlds", false),
 		}
 		if d.UID == "" {
 			f.fail(r.Line, "a device record without its UID header line")
@@ -257,16 +282,89 @@ func (d NMPDevice) TPGStates() []TPGState {
 	return out
 }
 
-var currentPath = regexp.MustCompile(`Current Path=(\S+)`)
+// The PSP device configs of `nmp device list`: MRU "Current
+// Path=vmhba33:C0:T0:L0", FIXED "{preferred=vmhba2:C0:T1:L1;current=vmhba2:C0:T1:L1}"
+// (ESX 4 printed a space after '='), RR "{policy=rr,iops=1000,...}".
+var (
+	currentPath   = regexp.MustCompile(`(?:^|[\s{;])(?:Current Path|current)=\s*([^\s;,}]+)`)
+	preferredPath = regexp.MustCompile(`(?:^|[\s{;])preferred=\s*([^\s;,}]+)`)
+	rrConfig      = regexp.MustCompile(`^\{policy=(\w+),iops=(\d+),bytes=(\d+),useANO=([01]);\s*lastPathIndex=(\d+):\s*NumIOsPending=(\d+),numBytesPending=(\d+)\}$`)
+)
 
-// CurrentPath is the path MRU and FIXED send I/O to ("Current
-// Path=vmhba33:C0:T0:L0" in PSPConfig); "" when the PSP does not say.
+// CurrentPath is the path MRU and FIXED send I/O to: "Current
+// Path=vmhba33:C0:T0:L0" (MRU) or "{preferred=...;current=vmhba2:C0:T1:L1}"
+// (FIXED) in PSPConfig; "" when the PSP does not say (RR).
 func (d NMPDevice) CurrentPath() string {
-	m := currentPath.FindStringSubmatch(d.PSPConfig)
-	if m == nil {
-		return ""
+	if m := currentPath.FindStringSubmatch(d.PSPConfig); m != nil {
+		return m[1]
 	}
-	return strings.TrimRight(m[1], ";,}")
+	return ""
+}
+
+// PreferredPath is FIXED's preferred path ("{preferred=vmhba2:C0:T1:L1;...}"
+// in PSPConfig); "" for other PSPs.
+func (d NMPDevice) PreferredPath() string {
+	if m := preferredPath.FindStringSubmatch(d.PSPConfig); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// RRState is VMW_PSP_RR's device config in `nmp device list`:
+// "{policy=rr,iops=1000,bytes=10485760,useANO=0; lastPathIndex=1:
+// NumIOsPending=0,numBytesPending=0}".
+type RRState struct {
+	Policy          string // rr (default limits), iops, bytes
+	IOPS, Bytes     uint64 // switching limits
+	UseANO          bool
+	LastPathIndex   int
+	NumIOsPending   uint64
+	NumBytesPending uint64
+}
+
+// RoundRobin reads PSPConfig as VMW_PSP_RR's device config; false when it
+// is not one.
+func (d NMPDevice) RoundRobin() (RRState, bool) {
+	m := rrConfig.FindStringSubmatch(strings.TrimSpace(d.PSPConfig))
+	if m == nil {
+		return RRState{}, false
+	}
+	var r RRState
+	var errs [6]error
+	r.Policy = m[1]
+	r.IOPS, errs[0] = strconv.ParseUint(m[2], 10, 64)
+	r.Bytes, errs[1] = strconv.ParseUint(m[3], 10, 64)
+	r.UseANO = m[4] == "1"
+	r.LastPathIndex, errs[2] = strconv.Atoi(m[5])
+	r.NumIOsPending, errs[3] = strconv.ParseUint(m[6], 10, 64)
+	r.NumBytesPending, errs[4] = strconv.ParseUint(m[7], 10, 64)
+	for _, err := range errs {
+		if err != nil {
+			return RRState{}, false
+		}
+	}
+	return r, true
+}
+
+var (
+	tpgGroup = regexp.MustCompile(`\{TPG_id=[^{}]*\}`)
+	satpFlag = regexp.MustCompile(`(\w+)=(\w+)`)
+)
+
+// SATPFlags are the key=value settings of SATPConfig outside its target
+// port groups: {implicit_support:on, explicit_support:off, explicit_allow:on,
+// alua_followover:on, action_OnRetryErrors:off} for VMW_SATP_ALUA; nil when
+// the SATP has no device config ("SATP VMW_SATP_DEFAULT_AA does not support
+// device configuration.").
+func (d NMPDevice) SATPFlags() map[string]string {
+	var out map[string]string
+	for _, m := range satpFlag.FindAllStringSubmatch(tpgGroup.ReplaceAllString(d.SATPConfig, ""), -1) {
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[m[1]] = m[2]
+	}
+	return out
 }
 
 // ParseNMPDeviceList reads `esxcli storage nmp device list`.
