@@ -139,8 +139,15 @@ func runCatalog(ctx context.Context, cmd *cobra.Command, profile *lab.Profile, d
 	if defect != "" {
 		summary["host_defect"] = defect
 	}
+	ictx, cancel := context.WithTimeout(ctx, profile.Timings.SetupTimeout.Duration)
+	hosts, arrays, err := identify(ictx, profile)
+	cancel()
+	if err != nil {
+		return &exitError{exitSetup, err}
+	}
 	w, err := bundle.Create(bundlePath, bundle.Meta{ToolVersion: version, Lab: summary, Profile: redacted,
-		CatalogVersion: suites.CatalogVersion, Required: suites.IDs(), Secrets: labSecrets(profile), SignKey: key})
+		CatalogVersion: suites.CatalogVersion, Required: suites.IDs(), Secrets: labSecrets(profile), SignKey: key,
+		Hosts: hosts, Arrays: arrays})
 	if err != nil {
 		return &exitError{exitSetup, err}
 	}

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"strconv"
@@ -39,6 +40,10 @@ type Options struct {
 	MaxConnections int           // per portal
 	MaxLogins      int           // per portal, connections still in login
 	Defect         frontend.Defect
+
+	// AllowShrink lets ResizeLUN make a LUN smaller (losing the data past
+	// its new end); by default LUNs only grow.
+	AllowShrink bool
 }
 
 // Array is a running array.
@@ -58,6 +63,7 @@ type Array struct {
 	faultSeq         int
 	closeOnce        sync.Once
 	closeErr         error
+	allowShrink      bool // Options.AllowShrink (luns.go)
 }
 
 type portal struct {
@@ -88,7 +94,7 @@ func StartWith(ctx context.Context, cfg Config, opt Options) (res *Array, err er
 		return nil, fmt.Errorf("array %s: %w", cfg.Name, err)
 	}
 	a := &Array{cfg: cfg, sizes: map[int]int64{}, active: map[string]*control.FaultRecord{},
-		controllerFaults: map[string]*controllerFault{}}
+		controllerFaults: map[string]*controllerFault{}, allowShrink: opt.AllowShrink}
 	defer func() {
 		if err != nil {
 			a.Close()
@@ -197,11 +203,8 @@ func (a *Array) Target() string { return a.cfg.Target }
 
 // Info describes the array (control.Array).
 func (a *Array) Info() control.Info {
-	t := control.Target{IQN: a.cfg.Target}
-	for _, l := range a.cfg.LUNs {
-		t.LUNs = append(t.LUNs, control.LUN{ID: l.ID, NAA: NAA(a.cfg.Name, l.ID), SizeBytes: a.sizes[l.ID]})
-	}
-	info := control.Info{Name: a.cfg.Name, Targets: []control.Target{t}}
+	t := control.Target{IQN: a.cfg.Target, LUNs: a.luns()} // luns.go: as they are now
+	info := control.Info{Name: a.cfg.Name, Product: Product, Version: Version(), Targets: []control.Target{t}}
 	for _, p := range a.portals {
 		cp := control.Portal{ID: p.id, Controller: p.controller, TPGT: int(p.tpgt), Address: p.address()}
 		if p.proxy != nil {
@@ -292,3 +295,14 @@ func (a *Array) Faults() []control.FaultRecord {
 }
 
 var _ control.Array = (*Array)(nil)
+
+// Product names the array software in the control API's Info.
+const Product = "certkit software array (gotgt SCSI layer)"
+
+// Version is the certkit module version the array was built from.
+func Version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		return bi.Main.Version
+	}
+	return "unknown"
+}

@@ -14,14 +14,24 @@
 //	DELETE /v1/faults        revert every active fault -> []FaultRecord
 //	GET    /v1/alua          []ALUAGroup
 //	PUT    /v1/alua/{id}     {"state": "standby"} -> ALUAGroup
+//	POST   /v1/luns          {"id": 3, "size": "64MiB"} -> 201 LUN
+//	                         {"id": 4, "size": "1GiB", "backing": "file", "path": "/var/tmp/a4.img"}
+//	DELETE /v1/luns/{id}     remove a LUN -> 204
+//	PATCH  /v1/luns/{id}     {"size": "128MiB"} -> LUN
+//	GET    /v1/luns/{id}/sha256?offset=0&length=4096
+//	                         {"sha256": "<hex>"} of the LUN's bytes as its
+//	                         backing store holds them (length 0 or absent:
+//	                         to the end)
 //
-// Fault parameters, controller faults and ALUA are served when the Array
-// implements FaultInjector and ALUAArray; otherwise those requests get 400
-// (parameters) or 404 (ALUA) naming what the array lacks.
+// Fault parameters, controller faults, ALUA and LUN management are served
+// when the Array implements FaultInjector, ALUAArray and LUNManager;
+// otherwise those requests get 400 (parameters) or 404 (ALUA, LUNs) naming
+// what the array lacks.
 //
-// Errors are {"error": "<what failed and what to do>"} with 400 (bad request
-// or fault kind), 401 (missing or wrong token), 404 (unknown portal, fault or
-// route), 405, 409 (a fault is already active on the portal) or 500.
+// Errors are {"error": "<what failed and what to do>"} with 400 (bad request,
+// fault kind or size), 401 (missing or wrong token), 404 (unknown portal,
+// fault, LUN or route), 405, 409 (a fault is already active on the portal,
+// a LUN id is taken) or 500.
 package control
 
 import (
@@ -55,7 +65,10 @@ type Portal struct {
 
 // Info describes an array.
 type Info struct {
-	Name    string   `json:"name"`
+	Name string `json:"name"`
+	// Product and Version identify the array's software for the record.
+	Product string   `json:"product,omitempty"`
+	Version string   `json:"version,omitempty"`
 	Targets []Target `json:"targets"`
 	Portals []Portal `json:"portals"`
 }
@@ -111,6 +124,26 @@ type ALUAArray interface {
 	SetALUA(id int, state string) (ALUAGroup, error)
 }
 
+// AddLUNRequest is the body of POST /v1/luns: a new LUN of the array's
+// target.
+type AddLUNRequest struct {
+	ID      int    `json:"id"`
+	Size    string `json:"size"`              // "64MiB", "1GiB" or a byte count
+	Backing string `json:"backing,omitempty"` // memory (default) or file
+	Path    string `json:"path,omitempty"`    // file backing: the image file
+}
+
+// LUNManager is an Array whose LUNs can be added, removed and resized while
+// hosts are logged in, and whose backing store can be checked: Checksum is
+// the SHA-256 (hex) of length bytes at offset as the store holds them (not
+// read through iSCSI); length 0 means to the end of the LUN.
+type LUNManager interface {
+	AddLUN(req AddLUNRequest) (LUN, error)
+	RemoveLUN(id int) error
+	ResizeLUN(id int, size string) (LUN, error)
+	Checksum(id int, offset, length int64) (string, error)
+}
+
 // Array is what the control API serves. Implementations report what went
 // wrong with errors from NotFoundf, Conflictf and Invalidf (or errors
 // wrapping ErrNotFound, ErrConflict, ErrInvalid) so the API answers 404, 409
@@ -131,7 +164,7 @@ var (
 	ErrConflict     = errors.New("conflict")                 // 409
 )
 
-// NotFoundf reports an unknown portal or fault ID (404).
+// NotFoundf reports an unknown portal, fault ID or LUN (404).
 func NotFoundf(format string, args ...any) error { return classed(ErrNotFound, format, args) }
 
 // Conflictf reports a request that clashes with the array's state, such as
