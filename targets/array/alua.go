@@ -9,7 +9,6 @@ import (
 
 	"github.com/certkit/certkit/targets/frontend"
 	"github.com/gostor/gotgt/pkg/api"
-	uuid "github.com/satori/go.uuid"
 )
 
 // ALUA (SPC-4 §5.15): gotgt has none, so the array puts this layer between
@@ -22,6 +21,10 @@ import (
 //     codes (NOT READY 04/0B standby, 04/0C unavailable, 04/0A transitioning);
 //   - after every state change owes each I_T nexus a UNIT ATTENTION
 //     06/2A/06 (ASYMMETRIC ACCESS STATE CHANGED) on each LU, reported once.
+//
+// Unit attentions are kept by the SCSI layer below, per LU and I_T nexus
+// (unitAttentions); ALUA raises its own there and reports any pending one
+// before it looks at the port's state, as Linux's target does.
 
 // AccessState is an asymmetric access state (SPC-4 Table 171).
 type AccessState byte
@@ -102,22 +105,36 @@ type group struct {
 	status byte // 0 none, 1 altered by SET TPG, 2 altered by implicit transition
 }
 
+// unitAttentions is the unit attention bookkeeping of the SCSI layer under
+// ALUA (scsiTarget, gotgt.go): one queue per LU and I_T nexus.
+type unitAttentions interface {
+	// oweAll owes UNIT ATTENTION c to every live I_T nexus on every LU.
+	oweAll(c senseCode)
+	// attention ends cmd with the oldest unit attention owed to its nexus
+	// on its LU, if there is one (SPC-4 §5.14), and reports whether it did.
+	attention(cmd *api.SCSICommand) bool
+	// present reports whether a LUN number has an LU.
+	present(lun uint64) bool
+}
+
+// aluaInner is what the ALUA layer wraps.
+type aluaInner interface {
+	frontend.SCSI
+	unitAttentions
+}
+
 // alua is the ALUA layer; it implements frontend.SCSI around the inner one.
 type alua struct {
-	inner frontend.SCSI
+	inner aluaInner
 	cfg   ALUAConfig
 
 	mu     sync.Mutex
-	groups []*group           // ordered by id
-	byPort map[uint16]*group  // relative target port -> group
-	owed   map[uuid.UUID]bool // nexuses owed a UNIT ATTENTION
-	known  map[uuid.UUID]bool // live nexuses
-	owedLU map[uuid.UUID]map[uint64]bool
+	groups []*group          // ordered by id
+	byPort map[uint16]*group // relative target port -> group
 }
 
-func newALUA(inner frontend.SCSI, cfg ALUAConfig, groups []portGroup, initial map[uint16]AccessState) *alua {
-	a := &alua{inner: inner, cfg: cfg, byPort: map[uint16]*group{},
-		owed: map[uuid.UUID]bool{}, known: map[uuid.UUID]bool{}, owedLU: map[uuid.UUID]map[uint64]bool{}}
+func newALUA(inner aluaInner, cfg ALUAConfig, groups []portGroup, initial map[uint16]AccessState) *alua {
+	a := &alua{inner: inner, cfg: cfg, byPort: map[uint16]*group{}}
 	for _, g := range groups {
 		st, ok := initial[g.id]
 		if !ok {
@@ -134,21 +151,10 @@ func newALUA(inner frontend.SCSI, cfg ALUAConfig, groups []portGroup, initial ma
 }
 
 // AddNexus registers a session's nexus with the SCSI layer.
-func (a *alua) AddNexus(n *api.ITNexus) error {
-	a.mu.Lock()
-	a.known[n.ID] = true
-	a.mu.Unlock()
-	return a.inner.AddNexus(n)
-}
+func (a *alua) AddNexus(n *api.ITNexus) error { return a.inner.AddNexus(n) }
 
-// RemoveNexus forgets a nexus and what it was owed.
-func (a *alua) RemoveNexus(n *api.ITNexus) {
-	a.mu.Lock()
-	delete(a.known, n.ID)
-	delete(a.owedLU, n.ID)
-	a.mu.Unlock()
-	a.inner.RemoveNexus(n)
-}
+// RemoveNexus forgets a nexus; the SCSI layer drops what it was owed.
+func (a *alua) RemoveNexus(n *api.ITNexus) { a.inner.RemoveNexus(n) }
 
 // ResetLU and ResetTarget pass task management resets down to the SCSI
 // layer (frontend.Resetter), which drops reservations and raises its own
@@ -206,10 +212,7 @@ func (a *alua) setLocked(states map[uint16]AccessState, status byte) error {
 		}
 	}
 	if changed {
-		for n := range a.known {
-			a.owed[n] = true
-			a.owedLU[n] = map[uint64]bool{} // LUs that already got it
-		}
+		a.inner.oweAll(senseCode{0x2a, 0x06}) // ASYMMETRIC ACCESS STATE CHANGED
 	}
 	return nil
 }
@@ -234,22 +237,21 @@ func (a *alua) idsLocked() []uint16 {
 // Execute serves or gates one command by the state of its port's group.
 func (a *alua) Execute(cmd *api.SCSICommand) {
 	op := cmd.SCB[0]
-	lun := frontend.GotgtLUN(cmd)
+	if !a.inner.present(frontend.GotgtLUN(cmd)) {
+		// No LU: LOGICAL UNIT NOT SUPPORTED on every port, whatever its
+		// state (a removed LUN is gone on all paths alike).
+		a.inner.Execute(cmd)
+		return
+	}
+	// A pending UNIT ATTENTION comes first, once per nexus and LU.
+	if a.inner.attention(cmd) {
+		return
+	}
 	a.mu.Lock()
 	g := a.byPort[cmd.RelTargetPortID]
 	state := ActiveOptimized
 	if g != nil {
 		state = g.state
-	}
-	// A pending UNIT ATTENTION is reported once per nexus and LU, on the
-	// first command that is not INQUIRY, REPORT LUNS or REQUEST SENSE
-	// (SPC-4 §5.14: those never report it).
-	if a.owed[cmd.ITNexusID] && op != opInquiry && op != opReportLUNs && op != opRequestSense &&
-		!a.owedLU[cmd.ITNexusID][lun] {
-		a.owedLU[cmd.ITNexusID][lun] = true
-		a.mu.Unlock()
-		checkCondition(cmd, 0x06, 0x2a, 0x06)
-		return
 	}
 	switch {
 	case op == opMaintIn && cmd.SCB[1]&0x1f == saTPG:

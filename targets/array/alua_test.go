@@ -2,31 +2,41 @@ package array
 
 import (
 	"encoding/binary"
+	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/gostor/gotgt/pkg/api"
 	uuid "github.com/satori/go.uuid"
 )
 
-// innerSCSI stands in for gotgt behind the ALUA layer: it answers standard
-// INQUIRY with TPGS clear and everything else GOOD, and counts what reached it.
-type innerSCSI struct{ executed []byte }
-
-func (f *innerSCSI) AddNexus(*api.ITNexus) error { return nil }
-func (f *innerSCSI) RemoveNexus(*api.ITNexus)    {}
-func (f *innerSCSI) Execute(cmd *api.SCSICommand) {
-	f.executed = append(f.executed, cmd.SCB[0])
-	if cmd.SCB[0] == opInquiry {
-		copy(cmd.InSDBBuffer.Buffer, make([]byte, 36))
-	}
-	cmd.Result = api.SAM_STAT_GOOD
+// innerSCSI is the SCSI layer behind the ALUA layer: a real scsiTarget
+// (gotgt, one 1 MiB memory LU 0), which keeps the unit attentions, with a
+// record of the opcodes that reached it.
+type innerSCSI struct {
+	*scsiTarget
+	executed []byte
 }
 
+func (f *innerSCSI) Execute(cmd *api.SCSICommand) {
+	f.executed = append(f.executed, cmd.SCB[0])
+	f.scsiTarget.Execute(cmd)
+}
+
+var unitArrays atomic.Int64 // names the scsiTargets of these tests apart
+
 // twoControllers: group 1 = port 1 (controller A), group 2 = port 2 (B).
-func twoControllers(explicit bool) (*alua, *innerSCSI, *api.ITNexus) {
-	in := &innerSCSI{}
-	a := newALUA(in, ALUAConfig{Explicit: explicit, TransitionSeconds: 10},
-		[]portGroup{{id: 1, ports: []uint16{1}}, {id: 2, ports: []uint16{2}}},
+func twoControllers(t *testing.T, explicit bool) (*alua, *innerSCSI, *api.ITNexus) {
+	t.Helper()
+	name := fmt.Sprintf("alua-unit-%d", unitArrays.Add(1))
+	groups := []portGroup{{id: 1, ports: []uint16{1}}, {id: 2, ports: []uint16{2}}}
+	st, err := newSCSITarget(name, "iqn.2024-01.io.certkit:"+name, []lunSpec{{id: 0, size: 1 << 20, backing: BackingMemory}}, groups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.close)
+	in := &innerSCSI{scsiTarget: st}
+	a := newALUA(in, ALUAConfig{Explicit: explicit, TransitionSeconds: 10}, groups,
 		map[uint16]AccessState{1: ActiveOptimized, 2: Standby})
 	n := &api.ITNexus{ID: uuid.NewV4()}
 	_ = a.AddNexus(n)
@@ -58,7 +68,7 @@ func rtpg(n *api.ITNexus, port uint16, extended bool) *api.SCSICommand {
 }
 
 func TestReportTargetPortGroupsDescribesEachController(t *testing.T) {
-	a, in, n := twoControllers(false)
+	a, in, n := twoControllers(t, false)
 	c := rtpg(n, 2, false)
 	a.Execute(c)
 	if c.Result != api.SAM_STAT_GOOD || len(in.executed) != 0 {
@@ -87,7 +97,7 @@ func TestReportTargetPortGroupsDescribesEachController(t *testing.T) {
 }
 
 func TestStandbyPortServesOnlyWhatSPCAllows(t *testing.T) {
-	a, in, n := twoControllers(false)
+	a, in, n := twoControllers(t, false)
 	read := cmdOn(n, 2, 0x28)
 	a.Execute(read)
 	if k, asc, ascq := senseOf(t, read); k != 2 || asc != 0x04 || ascq != 0x0b {
@@ -117,7 +127,7 @@ func TestStandbyPortServesOnlyWhatSPCAllows(t *testing.T) {
 }
 
 func TestStateChangeRaisesOneUnitAttentionPerNexus(t *testing.T) {
-	a, _, n := twoControllers(false)
+	a, _, n := twoControllers(t, false)
 	other := &api.ITNexus{ID: uuid.NewV4()}
 	_ = a.AddNexus(other)
 	if err := a.SetState(2, ActiveNonOptimized); err != nil {
@@ -145,6 +155,32 @@ func TestStateChangeRaisesOneUnitAttentionPerNexus(t *testing.T) {
 	}
 }
 
+func TestUnitAttentionComesBeforeThePortsState(t *testing.T) {
+	a, in, n := twoControllers(t, false)
+	if err := a.SetState(1, ActiveNonOptimized); err != nil {
+		t.Fatal(err)
+	}
+	// On the standby port the pending UNIT ATTENTION is reported first
+	// (as Linux's target does), then the state's NOT READY.
+	for _, want := range [][3]byte{{6, 0x2a, 0x06}, {2, 0x04, 0x0b}} {
+		c := cmdOn(n, 2, 0x28)
+		a.Execute(c)
+		if k, asc, q := senseOf(t, c); [3]byte{k, asc, q} != want {
+			t.Fatalf("READ on standby: %x/%02x/%02x, want %x/%02X/%02X", k, asc, q, want[0], want[1], want[2])
+		}
+	}
+	// A LUN without an LU is not supported, whatever the port's state.
+	c := cmdOn(n, 2, 0x28)
+	binary.NativeEndian.PutUint64(c.Lun[:], 5)
+	a.Execute(c)
+	if k, asc, _ := senseOf(t, c); k != 5 || asc != 0x25 {
+		t.Fatalf("READ of absent LUN 5 on standby: %x/%02x, want 5/25 (LOGICAL UNIT NOT SUPPORTED)", k, asc)
+	}
+	if len(in.executed) != 1 {
+		t.Fatalf("reached the SCSI layer: % x, want only the absent LUN's READ", in.executed)
+	}
+}
+
 func TestSetTargetPortGroupsOnlyWhenExplicit(t *testing.T) {
 	param := []byte{0, 0, 0, 0, byte(ActiveOptimized), 0, 0, 2, byte(Standby), 0, 0, 1}
 	stpg := func(n *api.ITNexus) *api.SCSICommand {
@@ -152,13 +188,13 @@ func TestSetTargetPortGroupsOnlyWhenExplicit(t *testing.T) {
 		c.OutSDBBuffer = &api.SCSIDataBuffer{Buffer: param, Length: uint32(len(param))}
 		return c
 	}
-	a, _, n := twoControllers(false)
+	a, _, n := twoControllers(t, false)
 	c := stpg(n)
 	a.Execute(c)
 	if k, asc, _ := senseOf(t, c); k != 5 || asc != 0x20 {
 		t.Fatalf("SET TPG with implicit-only ALUA: %x/%02x, want 5/20", k, asc)
 	}
-	a, _, n = twoControllers(true)
+	a, _, n = twoControllers(t, true)
 	c = stpg(n)
 	a.Execute(c)
 	if c.Result != api.SAM_STAT_GOOD {

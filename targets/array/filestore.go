@@ -194,7 +194,7 @@ func (t *scsiTarget) direct(cmd *api.SCSICommand) bool {
 	default:
 		return false
 	}
-	l := t.luns[frontend.GotgtLUN(cmd)]
+	l := t.lu(frontend.GotgtLUN(cmd))
 	if l == nil || l.dev == nil {
 		return false
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -28,7 +29,14 @@ import (
 //     process must have different names, and target IQNs must differ too;
 //   - the backing-store registry (certkit's memory store registers in init);
 //   - logrus's standard logger, which gotgt logs to: set to warn on first
-//     Start unless CERTKIT_GOTGT_LOG names another level (e.g. debug).
+//     Start unless CERTKIT_GOTGT_LOG names another level (e.g. debug);
+//   - svc.Resize, which sets the size of every LU of every target: certkit
+//     never calls it; a resize (luns.go) changes one LU's store and Size.
+//
+// LUs are added and removed at run time (luns.go) with gotgt's
+// AddBackendStorage / AddLUNMapping / DelLUNMapping / DelBackendStorage:
+// those change the LUN map gotgt reads on every command, so they run with
+// gotgtMu held exclusively.
 //
 // gotgt does not lock all of that (AddCommandQueue reads a target's I_T
 // nexus map unlocked), so every certkit call into gotgt goes through
@@ -99,12 +107,15 @@ type nexusID = [16]byte
 // scsiTarget is one array's target inside gotgt; it is the frontend.SCSI of
 // the array's front end.
 type scsiTarget struct {
+	array string // the array's name: device IDs and memory keys derive from it
 	iqn   string
 	tid   int
 	tgt   *api.SCSITarget
-	luns  map[uint64]*lu
-	mems  []string // memory-store keys to release
-	exits []func()
+	// luns maps LUN numbers to LUs. LUs come and go at run time (luns.go):
+	// the map is replaced, never changed in place, so commands read it
+	// without a lock.
+	luns  atomic.Pointer[map[uint64]*lu]
+	exits []func() // the target's own teardown in gotgt
 
 	mu      sync.Mutex
 	nexuses map[nexusID]*nexusRef // live I_T nexuses
@@ -116,11 +127,16 @@ type nexusRef struct {
 }
 
 type lu struct {
-	id     uint64
-	devID  uint64
-	dev    *api.SCSILu
-	shift  uint   // log2 of the block size
-	blocks uint64 // capacity in blocks
+	id    uint64
+	devID uint64
+	spec  lunSpec
+	dev   *api.SCSILu
+	shift uint     // log2 of the block size
+	exits []func() // the LU's teardown in gotgt and its store
+
+	// blocks is the capacity in blocks; a resize (luns.go) changes it with
+	// gotgtMu held exclusively.
+	blocks atomic.Uint64
 
 	// calm is set while no unit attention is owed and no reservation is
 	// held: then no command needs mu (the I/O fast path).
@@ -158,55 +174,20 @@ func newSCSITarget(arrayName, iqn string, luns []lunSpec, groups []portGroup) (_
 			return nil, fmt.Errorf("target %s is already served by another array in this process; give each array its own target IQN", iqn)
 		}
 	}
-	t := &scsiTarget{iqn: iqn, luns: map[uint64]*lu{}, nexuses: map[nexusID]*nexusRef{}}
+	t := &scsiTarget{array: arrayName, iqn: iqn, nexuses: map[nexusID]*nexusRef{}}
+	m := map[uint64]*lu{}
+	t.luns.Store(&m) // not shared before newSCSITarget returns
 	defer func() {
 		if err != nil {
 			t.releaseLocked()
 		}
 	}()
-	for _, l := range luns {
-		id := deviceID(arrayName, l.id)
-		var path string
-		switch l.backing {
-		case BackingFile:
-			if err := prepareFile(l.path, l.size); err != nil {
-				return nil, fmt.Errorf("LUN %d: %w", l.id, err)
-			}
-			path = fileBackend + ":" + l.path
-		default:
-			key := fmt.Sprintf("%s/%d", arrayName, l.id)
-			if err := addMemory(key, l.size); err != nil {
-				return nil, fmt.Errorf("LUN %d: %w", l.id, err)
-			}
-			t.mems = append(t.mems, key)
-			path = memoryBackend + ":" + key
+	for _, spec := range luns {
+		l, err := t.newLULocked(spec)
+		if err != nil {
+			return nil, err
 		}
-		if err := scsi.AddBackendStorage(config.BackendStorage{DeviceID: id, Path: path, Online: true}); err != nil {
-			return nil, fmt.Errorf("LUN %d: gotgt backing store %s: %v (is an array named %q already running in this process?)", l.id, path, err, arrayName)
-		}
-		t.exits = append(t.exits, func() { scsi.DelBackendStorage(id) })
-		m := scsi.LUNMapping{TargetName: iqn, LUN: uint64(l.id), DeviceID: id}
-		scsi.AddLUNMapping(m)
-		t.exits = append(t.exits, func() { scsi.DelLUNMapping(m) })
-		dev := scsi.GetLU(iqn, uint64(l.id))
-		if dev == nil {
-			return nil, fmt.Errorf("LUN %d: gotgt did not map device %d", l.id, id)
-		}
-		t.exits = append(t.exits, func() { dev.Storage.Close(dev) })
-		dev.Attrs.VendorID = inquiryV
-		dev.Attrs.ProductID = "ARRAY"
-		dev.Attrs.Online = true
-		// Claim SBC-3 (gotgt claims SBC-2 yet returns SBC-3's block limits
-		// page): what certkit's LU implements, and what ESXi expects.
-		for i, v := range dev.Attrs.VersionDesction {
-			if v == 0x0320 { // SBC-2
-				dev.Attrs.VersionDesction[i] = 0x04c0 // SBC-3
-			}
-		}
-		shift := dev.BlockShift
-		u := &lu{id: uint64(l.id), devID: id, dev: dev, shift: shift, blocks: dev.Size >> shift, ua: map[nexusID][]senseCode{}}
-		u.calm.Store(true)
-		t.luns[uint64(l.id)] = u
+		m[l.id] = l
 	}
 	nextTID++
 	t.tid = nextTID
@@ -252,10 +233,92 @@ func (t *scsiTarget) releaseLocked() {
 		t.exits[i]()
 	}
 	t.exits = nil
-	for _, k := range t.mems {
-		dropMemory(k)
+	for _, l := range t.lus() {
+		l.closeLocked()
 	}
-	t.mems = nil
+	t.luns.Store(&map[uint64]*lu{})
+}
+
+// newLULocked creates one LU in gotgt: its store (memory, or the image
+// file created or grown to size), gotgt's device and the LUN mapping. It
+// does not publish the LU in t.luns. gotgtMu is held; on error nothing is
+// left behind.
+func (t *scsiTarget) newLULocked(spec lunSpec) (_ *lu, err error) {
+	id := deviceID(t.array, spec.id)
+	u := &lu{id: uint64(spec.id), devID: id, spec: spec, ua: map[nexusID][]senseCode{}}
+	defer func() {
+		if err != nil {
+			u.closeLocked()
+		}
+	}()
+	var path string
+	switch spec.backing {
+	case BackingFile:
+		if err := prepareFile(spec.path, spec.size); err != nil {
+			return nil, fmt.Errorf("LUN %d: %w", spec.id, err)
+		}
+		path = fileBackend + ":" + spec.path
+	default:
+		key := fmt.Sprintf("%s/%d", t.array, spec.id)
+		if err := addMemory(key, spec.size); err != nil {
+			return nil, fmt.Errorf("LUN %d: %w", spec.id, err)
+		}
+		u.exits = append(u.exits, func() { dropMemory(key) })
+		path = memoryBackend + ":" + key
+	}
+	if err := scsi.AddBackendStorage(config.BackendStorage{DeviceID: id, Path: path, Online: true}); err != nil {
+		return nil, fmt.Errorf("LUN %d: gotgt backing store %s: %v (is an array named %q already running in this process?)", spec.id, path, err, t.array)
+	}
+	u.exits = append(u.exits, func() { scsi.DelBackendStorage(id) })
+	m := scsi.LUNMapping{TargetName: t.iqn, LUN: uint64(spec.id), DeviceID: id}
+	scsi.AddLUNMapping(m)
+	u.exits = append(u.exits, func() { scsi.DelLUNMapping(m) })
+	// A target created before its first LUN mapping holds no LUN map yet.
+	svc.RereadTargetLUNMap()
+	dev := scsi.GetLU(t.iqn, uint64(spec.id))
+	if dev == nil {
+		return nil, fmt.Errorf("LUN %d: gotgt did not map device %d", spec.id, id)
+	}
+	u.exits = append(u.exits, func() { dev.Storage.Close(dev) })
+	dev.Attrs.VendorID = inquiryV
+	dev.Attrs.ProductID = "ARRAY"
+	dev.Attrs.Online = true
+	// Claim SBC-3 (gotgt claims SBC-2 yet returns SBC-3's block limits
+	// page): what certkit's LU implements, and what ESXi expects.
+	for i, v := range dev.Attrs.VersionDesction {
+		if v == 0x0320 { // SBC-2
+			dev.Attrs.VersionDesction[i] = 0x04c0 // SBC-3
+		}
+	}
+	u.dev, u.shift = dev, dev.BlockShift
+	u.blocks.Store(dev.Size >> dev.BlockShift)
+	u.calm.Store(true)
+	return u, nil
+}
+
+// closeLocked undoes newLULocked: the store is closed, gotgt forgets the
+// device, memory is freed (an image file stays). gotgtMu is held.
+func (l *lu) closeLocked() {
+	for i := len(l.exits) - 1; i >= 0; i-- {
+		l.exits[i]()
+	}
+	l.exits = nil
+}
+
+// lu returns the LU with LUN number id, nil if there is none.
+func (t *scsiTarget) lu(id uint64) *lu {
+	if m := t.luns.Load(); m != nil {
+		return (*m)[id]
+	}
+	return nil
+}
+
+// lus returns the target's LUs by LUN number; callers must not change it.
+func (t *scsiTarget) lus() map[uint64]*lu {
+	if m := t.luns.Load(); m != nil {
+		return *m
+	}
+	return nil
 }
 
 func prepareFile(path string, size int64) error {
@@ -309,7 +372,7 @@ func (t *scsiTarget) RemoveNexus(n *api.ITNexus) {
 		}
 	}
 	t.mu.Unlock()
-	for _, l := range t.luns {
+	for _, l := range t.lus() {
 		l.mu.Lock()
 		if l.res.scsi2 != nil && *l.res.scsi2 == n.ID {
 			l.res.scsi2 = nil
@@ -355,7 +418,7 @@ func (t *scsiTarget) nexusTag(id nexusID) string {
 // expect) is owed UNIT ATTENTION 06/29/03 BUS DEVICE RESET FUNCTION
 // OCCURRED. The front end calls it after aborting the LU's tasks.
 func (t *scsiTarget) ResetLU(n *api.ITNexus, lun uint64) {
-	if l := t.luns[lun]; l != nil {
+	if l := t.lu(lun); l != nil {
 		l.reset(t.liveNexuses())
 	}
 }
@@ -364,7 +427,7 @@ func (t *scsiTarget) ResetLU(n *api.ITNexus, lun uint64) {
 // nexus n: every LU is reset as by ResetLU.
 func (t *scsiTarget) ResetTarget(n *api.ITNexus) {
 	ids := t.liveNexuses()
-	for _, l := range t.luns {
+	for _, l := range t.lus() {
 		l.reset(ids)
 	}
 }
@@ -456,7 +519,7 @@ func (t *scsiTarget) Execute(cmd *api.SCSICommand) {
 		t.reportLUNs(cmd)
 		return
 	}
-	l := t.luns[lun]
+	l := t.lu(lun)
 	if l == nil {
 		switch api.SCSICommandType(op) {
 		case api.INQUIRY:
@@ -491,6 +554,11 @@ func (t *scsiTarget) gotgt(cmd *api.SCSICommand) {
 		gotgtMu.Lock()
 		defer gotgtMu.Unlock()
 	}
+	if t.lu(frontend.GotgtLUN(cmd)) == nil {
+		// Removed (luns.go) since Execute found it.
+		checkCondition(cmd, 0x05, 0x25, 0x00)
+		return
+	}
 	if t.direct(cmd) { // READ/WRITE on certkit's own stores (filestore.go)
 		return
 	}
@@ -509,7 +577,7 @@ func (t *scsiTarget) reportLUNs(cmd *api.SCSICommand) {
 		return
 	}
 	ids := []uint64{0}
-	for id := range t.luns {
+	for id := range t.lus() {
 		if id != 0 {
 			ids = append(ids, id)
 		}
@@ -647,7 +715,7 @@ func withBlocks(cdb []byte, n uint32) []byte {
 // inRange checks [lba, lba+blocks) against the LU, failing cmd with LOGICAL
 // BLOCK ADDRESS OUT OF RANGE if it is not inside.
 func (l *lu) inRange(cmd *api.SCSICommand, lba uint64, blocks uint64) bool {
-	if lba >= l.blocks || blocks > l.blocks-lba {
+	if n := l.blocks.Load(); lba >= n || blocks > n-lba {
 		illegal(cmd, errLBAOutOfRange)
 		return false
 	}
@@ -739,8 +807,8 @@ func writeSame(t *scsiTarget, l *lu, cmd *api.SCSICommand) {
 	}
 	lba, n := cdbTransfer(cdb)
 	blocks := uint64(n)
-	if blocks == 0 && lba < l.blocks {
-		blocks = l.blocks - lba
+	if n := l.blocks.Load(); blocks == 0 && lba < n {
+		blocks = n - lba
 	}
 	if !l.inRange(cmd, lba, blocks) {
 		return
@@ -754,6 +822,9 @@ func writeSame(t *scsiTarget, l *lu, cmd *api.SCSICommand) {
 	chunk := bytes.Repeat(pattern, int(max(1, min(blocks, uint64(writeSameChunk/bs)))))
 	gotgtMu.RLock()
 	defer gotgtMu.RUnlock()
+	if !t.mapped(l, cmd) {
+		return
+	}
 	off := int64(lba) << l.shift
 	for left := int64(blocks) << l.shift; left > 0; {
 		n := min(left, int64(len(chunk)))
@@ -804,6 +875,9 @@ func compareAndWrite(t *scsiTarget, l *lu, cmd *api.SCSICommand) {
 	}
 	gotgtMu.Lock() // nothing else reads or writes meanwhile
 	defer gotgtMu.Unlock()
+	if !t.mapped(l, cmd) {
+		return
+	}
 	off := int64(lba) << l.shift
 	cur, err := l.dev.Storage.Read(off, int64(n))
 	if err != nil || len(cur) < n {
@@ -851,7 +925,7 @@ func getLBAStatus(l *lu, cmd *api.SCSICommand) {
 	d := make([]byte, 8, 24)
 	binary.BigEndian.PutUint32(d[0:4], 20) // parameter data length
 	d = binary.BigEndian.AppendUint64(d, lba)
-	d = binary.BigEndian.AppendUint32(d, uint32(min(l.blocks-lba, 1<<32-1)))
+	d = binary.BigEndian.AppendUint32(d, uint32(min(l.blocks.Load()-lba, 1<<32-1)))
 	d = append(d, 0x00, 0, 0, 0) // PROVISIONING STATUS 0: mapped
 	dataIn(cmd, d, alloc)
 }
@@ -1110,6 +1184,36 @@ func (l *lu) oweLocked(id nexusID, c senseCode) {
 	l.ua[id] = append(q, c)
 	l.calm.Store(false)
 }
+
+// owe owes UNIT ATTENTION c to every live I_T nexus on each of lus. It is
+// the one facility that raises a unit attention for a whole LU: LUN
+// inventory and capacity changes (luns.go) and ALUA state changes
+// (alua.go) go through it.
+func (t *scsiTarget) owe(c senseCode, lus ...*lu) {
+	ids := t.liveNexuses()
+	for _, l := range lus {
+		l.mu.Lock()
+		for _, id := range ids {
+			l.oweLocked(id, c)
+		}
+		l.mu.Unlock()
+	}
+}
+
+// oweAll owes c to every live nexus on every LU (unitAttentions).
+func (t *scsiTarget) oweAll(c senseCode) {
+	t.owe(c, slices.Collect(maps.Values(t.lus()))...)
+}
+
+// attention reports the oldest unit attention owed to cmd's nexus on its
+// LU, as lu.attention does (unitAttentions).
+func (t *scsiTarget) attention(cmd *api.SCSICommand) bool {
+	l := t.lu(frontend.GotgtLUN(cmd))
+	return l != nil && l.attention(cmd)
+}
+
+// present reports whether a LUN number has an LU (unitAttentions).
+func (t *scsiTarget) present(lun uint64) bool { return t.lu(lun) != nil }
 
 // attention reports the oldest unit attention owed to the command's nexus
 // (SPC-4 §5.14): CHECK CONDITION for any command but INQUIRY, REPORT LUNS

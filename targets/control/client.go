@@ -102,6 +102,45 @@ func (c *Client) SetALUA(ctx context.Context, id int, state string) (ALUAGroup, 
 	return g, err
 }
 
+// AddLUN adds a LUN to the array's target while hosts are logged in; each
+// of their I_T nexuses is owed UNIT ATTENTION 06/3F/0E (REPORTED LUNS DATA
+// HAS CHANGED).
+func (c *Client) AddLUN(ctx context.Context, req AddLUNRequest) (LUN, error) {
+	var l LUN
+	op := fmt.Sprintf("add LUN %d of %s", req.ID, req.Size)
+	err := c.do(ctx, op, http.MethodPost, "/v1/luns", req, http.StatusCreated, &l)
+	return l, err
+}
+
+// RemoveLUN removes a LUN: commands to it then end with 05/25/00 (LOGICAL
+// UNIT NOT SUPPORTED), and the remaining LUs owe 06/3F/0E.
+func (c *Client) RemoveLUN(ctx context.Context, id int) error {
+	return c.do(ctx, fmt.Sprintf("remove LUN %d", id), http.MethodDelete, fmt.Sprintf("/v1/luns/%d", id), nil, http.StatusNoContent, nil)
+}
+
+// ResizeLUN changes a LUN's size ("128MiB"); its I_T nexuses are owed
+// UNIT ATTENTION 06/2A/09 (CAPACITY DATA HAS CHANGED).
+func (c *Client) ResizeLUN(ctx context.Context, id int, size string) (LUN, error) {
+	var l LUN
+	op := fmt.Sprintf("resize LUN %d to %s", id, size)
+	err := c.do(ctx, op, http.MethodPatch, fmt.Sprintf("/v1/luns/%d", id), resizeLUNRequest{Size: size}, http.StatusOK, &l)
+	return l, err
+}
+
+// Checksum returns the SHA-256 (hex) of length bytes of a LUN from offset,
+// read from the array's backing store rather than through iSCSI; length 0
+// means to the end of the LUN.
+func (c *Client) Checksum(ctx context.Context, id int, offset, length int64) (string, error) {
+	var body checksumBody
+	op := fmt.Sprintf("checksum LUN %d from offset %d to its end", id, offset)
+	if length != 0 {
+		op = fmt.Sprintf("checksum %d bytes of LUN %d at offset %d", length, id, offset)
+	}
+	path := fmt.Sprintf("/v1/luns/%d/sha256?offset=%d&length=%d", id, offset, length)
+	err := c.do(ctx, op, http.MethodGet, path, nil, http.StatusOK, &body)
+	return body.SHA256, err
+}
+
 // Revert ends the fault with the given ID and returns its final record.
 func (c *Client) Revert(ctx context.Context, id string) (FaultRecord, error) {
 	var rec FaultRecord
@@ -153,6 +192,9 @@ func (c *Client) do(ctx context.Context, op, method, path string, in any, want i
 	}
 	if resp.StatusCode != want {
 		return c.apiError(op, resp, b)
+	}
+	if out == nil {
+		return nil
 	}
 	if err := json.Unmarshal(b, out); err != nil {
 		return fmt.Errorf("array control at %s: %s: decoding %s response: %w", c.base, op, resp.Status, err)

@@ -37,14 +37,21 @@ func NewHandler(a Array, token string) http.Handler {
 	mux.HandleFunc("DELETE /v1/faults/{id}", h.revert)
 	mux.HandleFunc("GET /v1/alua", h.alua)
 	mux.HandleFunc("PUT /v1/alua/{id}", h.setALUA)
+	mux.HandleFunc("POST /v1/luns", h.addLUN)
+	mux.HandleFunc("DELETE /v1/luns/{id}", h.removeLUN)
+	mux.HandleFunc("PATCH /v1/luns/{id}", h.resizeLUN)
+	mux.HandleFunc("GET /v1/luns/{id}/sha256", h.checksum)
 	// The same paths without a method answer 405 in JSON, not net/http's text.
 	mux.HandleFunc("/v1/info", methodNotAllowed("GET"))
 	mux.HandleFunc("/v1/faults", methodNotAllowed("GET, POST, DELETE"))
 	mux.HandleFunc("/v1/faults/{id}", methodNotAllowed("DELETE"))
 	mux.HandleFunc("/v1/alua", methodNotAllowed("GET"))
 	mux.HandleFunc("/v1/alua/{id}", methodNotAllowed("PUT"))
+	mux.HandleFunc("/v1/luns", methodNotAllowed("POST"))
+	mux.HandleFunc("/v1/luns/{id}", methodNotAllowed("PATCH, DELETE"))
+	mux.HandleFunc("/v1/luns/{id}/sha256", methodNotAllowed("GET"))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s: the control API serves /v1/info, /v1/faults and /v1/alua", r.Method, r.URL.Path))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s: the control API serves /v1/info, /v1/faults, /v1/alua and /v1/luns", r.Method, r.URL.Path))
 	})
 	h.mux = mux
 	return h
@@ -222,6 +229,145 @@ func (h *handler) setALUA(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, g)
+}
+
+func (h *handler) lunManager(w http.ResponseWriter) (LUNManager, bool) {
+	m, ok := h.a.(LUNManager)
+	if !ok {
+		writeError(w, http.StatusNotFound, "this array cannot add, remove, resize or checksum LUNs at run time; its LUNs are fixed by its config (see GET /v1/info)")
+	}
+	return m, ok
+}
+
+// lunID reads the {id} of a /v1/luns/{id} route, answering 400 if it is
+// not a LUN number.
+func lunID(w http.ResponseWriter, r *http.Request, op string) (int, bool) {
+	id, err := strconv.Atoi(r.PathValue("id"))
+	if err != nil || id < 0 {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: %q is not a LUN number (see GET /v1/info)", op, r.PathValue("id")))
+		return 0, false
+	}
+	return id, true
+}
+
+// decodeBody reads exactly one JSON object into v, refusing unknown fields.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("more than one JSON value")
+	}
+	return nil
+}
+
+func (h *handler) addLUN(w http.ResponseWriter, r *http.Request) {
+	m, ok := h.lunManager(w)
+	if !ok {
+		return
+	}
+	const example = `{"id": 3, "size": "64MiB"} or {"id": 4, "size": "1GiB", "backing": "file", "path": "/var/tmp/a4.img"}`
+	var body struct {
+		ID      *int   `json:"id"`
+		Size    string `json:"size"`
+		Backing string `json:"backing"`
+		Path    string `json:"path"`
+	}
+	if err := decodeBody(w, r, &body); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("add LUN: request body is not a LUN (%v); send %s", err, example))
+		return
+	}
+	if body.ID == nil || body.Size == "" {
+		writeError(w, http.StatusBadRequest, `add LUN: request needs "id" and "size"; send `+example)
+		return
+	}
+	l, err := m.AddLUN(AddLUNRequest{ID: *body.ID, Size: body.Size, Backing: body.Backing, Path: body.Path})
+	if err != nil {
+		writeError(w, statusOf(err), err.Error())
+		return
+	}
+	w.Header().Set("Location", "/v1/luns/"+strconv.Itoa(l.ID))
+	writeJSON(w, http.StatusCreated, l)
+}
+
+func (h *handler) removeLUN(w http.ResponseWriter, r *http.Request) {
+	m, ok := h.lunManager(w)
+	if !ok {
+		return
+	}
+	id, ok := lunID(w, r, "remove LUN")
+	if !ok {
+		return
+	}
+	if err := m.RemoveLUN(id); err != nil {
+		writeError(w, statusOf(err), err.Error())
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// resizeLUNRequest is the body of PATCH /v1/luns/{id}.
+type resizeLUNRequest struct {
+	Size string `json:"size"`
+}
+
+func (h *handler) resizeLUN(w http.ResponseWriter, r *http.Request) {
+	m, ok := h.lunManager(w)
+	if !ok {
+		return
+	}
+	id, ok := lunID(w, r, "resize LUN")
+	if !ok {
+		return
+	}
+	var req resizeLUNRequest
+	if err := decodeBody(w, r, &req); err != nil || req.Size == "" {
+		writeError(w, http.StatusBadRequest, `resize LUN: send {"size": "128MiB"} (a byte count or KiB, MiB, GiB, TiB)`)
+		return
+	}
+	l, err := m.ResizeLUN(id, req.Size)
+	if err != nil {
+		writeError(w, statusOf(err), err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, l)
+}
+
+// checksumBody is the answer of GET /v1/luns/{id}/sha256.
+type checksumBody struct {
+	SHA256 string `json:"sha256"`
+}
+
+func (h *handler) checksum(w http.ResponseWriter, r *http.Request) {
+	m, ok := h.lunManager(w)
+	if !ok {
+		return
+	}
+	id, ok := lunID(w, r, "checksum LUN")
+	if !ok {
+		return
+	}
+	var offLen [2]int64
+	for i, key := range []string{"offset", "length"} {
+		v := r.URL.Query().Get(key)
+		if v == "" {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("checksum LUN %d: %s %q is not a byte count (0 or more)", id, key, v))
+			return
+		}
+		offLen[i] = n
+	}
+	sum, err := m.Checksum(id, offLen[0], offLen[1])
+	if err != nil {
+		writeError(w, statusOf(err), err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, checksumBody{SHA256: sum})
 }
 
 func methodNotAllowed(allow string) http.HandlerFunc {

@@ -84,22 +84,39 @@ type gate struct{ open chan struct{} }
 // aLongTimeAgo as a deadline makes blocked reads and writes return at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// bufSize is the pump buffer: large enough that a 128 KiB iSCSI Data-In
-// crosses in a couple of syscalls.
-const bufSize = 128 << 10
+// bufSize is the pump buffer. Reads return what the socket holds, up to
+// this; on a busy stream (128 KiB reads at QD16) a larger buffer moves
+// several PDUs per read and write, which costs less CPU per byte than
+// 128 KiB buffers did, and less than splice(2) between the sockets (see
+// BenchmarkReads and BenchmarkThroughput). An idle connection holds none.
+const bufSize = 1 << 20
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
-
-// spliceMin is the shortest data segment (with padding and digest) that
-// crosses by splice rather than through a buffer: below it the copy costs
-// less than the extra system calls.
-const spliceMin = 16 << 10
 
 // Options tune a Proxy; the zero value is the default.
 type Options struct {
 	// Logf receives notable events, such as a connection whose iSCSI stream
 	// the proxy could not follow; nil discards them.
 	Logf func(format string, args ...any)
+
+	// Serve, when set, joins every host connection to an array in this
+	// process in memory instead of dialling upstream: it receives the
+	// array's end of an in-memory connection and must serve it as if it had
+	// been accepted on the upstream portal (the end's RemoteAddr is the
+	// host's, its LocalAddr the proxy's). It should return promptly; an
+	// error, such as the portal being down, resets the host's connection as
+	// a refused dial would. upstream then only names the portal.
+	//
+	// The host's side stays TCP and every fault acts as it does on a dialled
+	// connection. What changes is the cost: a dialled connection moves every
+	// byte through a second loopback TCP connection, which costs about as
+	// much CPU as the array's own network I/O; in memory, the array's writes
+	// reach the host's socket without being copied, and the host's writes
+	// are copied once. The array's writes return once they are on the
+	// host's socket (TCP's would return once in the second connection's
+	// buffer), so an array sees a stalled path (blackhole-out) at its first
+	// write rather than after a socket buffer's worth.
+	Serve func(net.Conn) error
 }
 
 // Proxy forwards TCP connections from its listen address to one upstream
@@ -111,6 +128,7 @@ type Proxy struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	dialer   net.Dialer
+	serve    func(net.Conn) error
 	logf     func(format string, args ...any)
 
 	// gates[d] is non-nil while direction d is blackholed. Pumps load it
@@ -148,6 +166,7 @@ func ListenWith(listenAddr, upstream string, opt Options) (*Proxy, error) {
 		name:     ln.Addr().String() + " -> " + upstream,
 		ctx:      ctx,
 		cancel:   cancel,
+		serve:    opt.Serve,
 		logf:     opt.Logf,
 		links:    make(map[*link]struct{}),
 	}
@@ -369,8 +388,15 @@ type link struct {
 	out    [2]*outbox
 
 	mu       sync.Mutex
-	upstream *net.TCPConn
+	upstream streamConn
 	closed   bool
+}
+
+// streamConn is what a link needs of a connection: the host's, the array's
+// dialled one, or the proxy's end of an in-memory one (Options.Serve).
+type streamConn interface {
+	net.Conn
+	CloseWrite() error
 }
 
 func (p *Proxy) newLink(c *net.TCPConn) *link {
@@ -427,14 +453,13 @@ func (l *link) run() {
 	if l.wait(toUpstream) != nil || l.wait(toClient) != nil {
 		return
 	}
-	c, err := l.p.dialer.DialContext(l.p.ctx, "tcp", l.p.upstream)
+	up, err := l.dial()
 	if err != nil {
 		// The portal behind us is down: tell the host at once, as the
 		// portal itself would by refusing the connection.
 		l.close(true)
 		return
 	}
-	up := c.(*net.TCPConn)
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -463,97 +488,76 @@ func (l *link) run() {
 	wg.Wait()
 }
 
+// dial connects the link to the array: over TCP, or in memory through
+// Options.Serve.
+func (l *link) dial() (streamConn, error) {
+	if l.p.serve == nil {
+		c, err := l.p.dialer.DialContext(l.p.ctx, "tcp", l.p.upstream)
+		if err != nil {
+			return nil, err
+		}
+		tc := c.(*net.TCPConn)
+		_ = tc.SetNoDelay(true)
+		return tc, nil
+	}
+	mine, theirs := memPipe(l.p.ln.Addr(), l.client.RemoteAddr())
+	if err := l.p.serve(theirs); err != nil {
+		if l.p.logf != nil {
+			l.p.logf("faultproxy %s: connection from %s: the array refused it: %v", l.p.name, l.client.RemoteAddr(), err)
+		}
+		theirs.Close()
+		return nil, err
+	}
+	return mine, nil
+}
+
 // pump reads one direction, frames it and hands it to the direction's
 // outbox. A clean EOF is passed on as a half-close once everything before
 // it is written; any error ends the whole link.
 //
-// While the outbox is fast (no fault queues or delays anything), the bytes
-// the framer does not need to see cross kernel to kernel (see splicer):
-// the data segment of every PDU that passes unchanged, once it is at
-// least spliceMin long, and everything once the framer has given up. Only
-// headers, small PDUs and login PDUs are read into user space.
+// With no fault queueing anything (the outbox is fast), this is one read
+// and one write per chunk, no lock taken and nothing allocated. From an
+// array in memory, the array's bytes are framed and written to the host
+// in place (see memConn.borrow), and they are taken even while the
+// direction is blackholed, to be queued as a socket buffer would take
+// them (up to maxQueued).
 func (l *link) pump(d dir) {
-	src, dst := l.client, l.upstream
+	var src net.Conn = l.client
 	if d == toClient {
-		src, dst = l.upstream, l.client
+		src = l.upstream
 	}
+	mem, _ := src.(*memConn)
 	r := gatedReader{l, src, d}
 	f, o := l.fr[d], l.out[d]
 	var scratch [][]byte
-	var sp *splicer
-	if spliceSupported {
-		var err error
-		if sp, err = newSplicer(src, dst); err != nil {
-			sp = nil
-			if f.logf != nil {
-				f.logf("%s stream: cannot splice (%v); copying it through user space", f.direction(), err)
-			}
-		}
-		defer sp.close()
-	}
-	eof := func() {
-		if o.finish(f.eof(), f.atBoundary(), &scratch) != nil {
-			l.close(false)
-		}
-	}
 	for {
-		if sp != nil && o.fast.Load() {
-			n := -1 // plain: everything, to the end
-			if !f.plain {
-				n = f.passing()
-			}
-			if n < 0 || n >= spliceMin {
-				moved, ended, err := l.splice(d, sp, n, nil)
-				if !f.plain {
-					f.skip(moved)
-				}
-				o.mid.Store(!f.atBoundary())
-				switch {
-				case err != nil:
+		var err error
+		if mem != nil {
+			var chunk []byte
+			if chunk, err = mem.borrow(bufSize); len(chunk) > 0 {
+				if werr := o.submitLent(mem, f.feed(chunk), chunk, f.atBoundary(), &scratch); werr != nil {
 					l.close(false)
 					return
-				case ended:
-					eof()
-					return
 				}
-				continue
-			}
-		}
-		bp := bufPool.Get().(*[]byte)
-		b := *bp
-		if sp != nil && o.fast.Load() {
-			b = b[:f.readHint(len(b))]
-		}
-		n, err := r.Read(b)
-		if n > 0 {
-			chunk := b[:n]
-			ps := f.feed(chunk)
-			if left := f.passing(); sp != nil && left >= spliceMin && o.fast.Load() {
-				// The header read ahead of a large data segment goes into
-				// the pipe first and leaves with its data.
-				scratch = appendBufs(scratch[:0], ps, chunk)
-				moved, ended, serr := l.splice(d, sp, left, scratch)
-				clear(scratch)
-				bufPool.Put(bp)
-				f.skip(moved)
-				o.mid.Store(!f.atBoundary())
-				switch {
-				case serr != nil:
-					l.close(false)
-					return
-				case ended && err == nil:
-					err = io.EOF
-				}
-			} else if werr := o.submit(bp, ps, chunk, f.atBoundary(), &scratch); werr != nil {
-				l.close(false)
-				return
 			}
 		} else {
-			bufPool.Put(bp)
+			bp := bufPool.Get().(*[]byte)
+			var n int
+			if n, err = r.Read(*bp); n > 0 {
+				chunk := (*bp)[:n]
+				if werr := o.submit(bp, f.feed(chunk), chunk, f.atBoundary(), &scratch); werr != nil {
+					l.close(false)
+					return
+				}
+			} else {
+				bufPool.Put(bp)
+			}
 		}
 		switch {
 		case err == io.EOF:
-			eof()
+			if o.finish(f.eof(), f.atBoundary(), &scratch) != nil {
+				l.close(false)
+			}
 			return
 		case err != nil:
 			l.close(false)
@@ -562,85 +566,32 @@ func (l *link) pump(d dir) {
 	}
 }
 
-// splice forwards the bytes of pending, then n bytes of direction d's
-// input (all of it to EOF when n < 0), kernel to kernel through sp's pipe,
-// and returns once all of them are written. moved counts the input bytes
-// it forwarded; ended says the input ended first.
-//
-// It honours direction d's gate like gatedReader and gatedWriter: a
-// blackhole's deadline stops a splice in or out of the pipe at once, what
-// was read into the pipe stays there, and nothing more moves until Revert.
-// So a blackhole stops a data segment in the middle as it stops any other
-// bytes: only what the kernel was moving at the instant of Inject (one
-// splice call, as one write before) still crosses.
-func (l *link) splice(d dir, sp *splicer, n int, pending [][]byte) (moved int, ended bool, err error) {
-	for _, b := range pending {
-		for len(b) > 0 {
-			k, err := sp.fill(b)
-			if err != nil {
-				return 0, false, err
-			}
-			if b = b[k:]; len(b) > 0 {
-				if err := l.pumpPipe(d, sp); err != nil {
-					return 0, false, err
-				}
-			}
-		}
-	}
-	for n != 0 {
-		if 2*sp.n > sp.size {
-			// Room for a good drain; the pipe is never full when draining,
-			// so a drain that finds no room cannot wait for a socket that
-			// is already readable.
-			if err := l.pumpPipe(d, sp); err != nil {
-				return moved, false, err
-			}
-		}
-		if err := l.wait(d); err != nil {
-			return moved, false, err
-		}
-		max := sp.size - sp.n
-		if n > 0 {
-			max = min(max, n)
-		}
-		k, err := sp.drain(max)
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				continue // blackholed: the gate is closed; wait for Revert
-			}
-			return moved, false, err
-		}
-		if k == 0 {
-			ended = true
-			break
-		}
-		moved += k
-		if n > 0 {
-			n -= k
-		}
-		if err := l.pumpPipe(d, sp); err != nil {
-			return moved, false, err
-		}
-	}
-	return moved, ended, l.pumpPipe(d, sp)
-}
-
-// pumpPipe writes everything in sp's pipe to direction d's destination,
-// through the direction's gate.
-func (l *link) pumpPipe(d dir, sp *splicer) error {
-	for sp.n > 0 {
-		if err := l.wait(d); err != nil {
-			return err
-		}
-		if err := sp.pump(); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+// writeLent writes bufs, which refer to n bytes lent by m, to dst through
+// direction d's gate, and gives the loan back. If the gate closes first,
+// the rest is copied and the loan given back at once, so that the array's
+// write returns as it would have into a socket buffer.
+func (l *link) writeLent(dst net.Conn, d dir, bufs [][]byte, m *memConn, n int) error {
+	nb := net.Buffers(bufs)
+	for len(nb) > 0 && l.p.gates[d].Load() == nil {
+		if _, err := nb.WriteTo(dst); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			m.release(n)
 			return err
 		}
 	}
-	return nil
+	if len(nb) == 0 {
+		m.release(n)
+		return nil
+	}
+	rest := make([]byte, 0, 1<<10)
+	for _, b := range nb {
+		rest = append(rest, b...)
+	}
+	m.release(n)
+	return l.write(dst, d, [][]byte{rest})
 }
 
 // write writes bufs to dst through direction d's gate.
-func (l *link) write(dst *net.TCPConn, d dir, bufs [][]byte) error {
+func (l *link) write(dst net.Conn, d dir, bufs [][]byte) error {
 	if len(bufs) == 1 {
 		_, err := gatedWriter{l, dst, d}.Write(bufs[0])
 		return err
@@ -658,7 +609,7 @@ func (l *link) write(dst *net.TCPConn, d dir, bufs [][]byte) error {
 }
 
 // closeWrite passes a half-close on once direction d forwards.
-func (l *link) closeWrite(dst *net.TCPConn, d dir) error {
+func (l *link) closeWrite(dst streamConn, d dir) error {
 	if err := l.wait(d); err != nil {
 		return err
 	}
@@ -682,7 +633,8 @@ func (l *link) wait(d dir) error {
 }
 
 // setDeadlines sets t as the deadline of every read and write that moves
-// bytes in the directions dirs. Callers hold p.mu.
+// bytes in the directions dirs, except reads from an array in memory
+// (see pump). Callers hold p.mu.
 func (l *link) setDeadlines(dirs []dir, t time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -690,11 +642,16 @@ func (l *link) setDeadlines(dirs []dir, t time.Time) {
 		return
 	}
 	for _, d := range dirs {
-		src, dst := l.client, l.upstream
-		if d == toClient {
-			src, dst = l.upstream, l.client
+		var src, dst net.Conn = l.client, nil
+		if l.upstream != nil {
+			dst = l.upstream
+			if d == toClient {
+				src, dst = l.upstream, l.client
+			}
+		} else if d == toClient {
+			src, dst = nil, l.client
 		}
-		if src != nil {
+		if _, mem := src.(*memConn); src != nil && !mem {
 			_ = src.SetReadDeadline(t)
 		}
 		if dst != nil {
@@ -726,7 +683,7 @@ func (l *link) close(rst bool) {
 // blackhole's deadline has consumed nothing and is retried after Revert.
 type gatedReader struct {
 	l *link
-	c *net.TCPConn
+	c net.Conn
 	d dir
 }
 
@@ -750,7 +707,7 @@ func (r gatedReader) Read(b []byte) (int, error) {
 // blackhole began wait here and are written, in order, after Revert.
 type gatedWriter struct {
 	l *link
-	c *net.TCPConn
+	c net.Conn
 	d dir
 }
 

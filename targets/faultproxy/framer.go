@@ -14,9 +14,7 @@ import (
 // The proxy follows PDU boundaries in both directions of every connection
 // (RFC 7143 §11: 48-byte BHS, TotalAHSLength, DataSegmentLength, padding,
 // and the digests the login settled on). Without an iSCSI-aware fault it
-// only observes: every chunk is forwarded as read, and the data segments
-// of the PDUs it lets pass unread (see passing) may bypass it altogether:
-// the pump splices them socket to socket (see splicer). Host to array it never
+// only observes: every chunk is forwarded as read. Host to array it never
 // changes a byte; it notes the SCSI Commands an opcode fault matches. Array
 // to host, while such a fault (or a task it matched) is live, it withholds
 // each header until it is complete and then forwards, drops, replaces or
@@ -258,7 +256,6 @@ type framer struct {
 	m        *mark
 	digests  iscsi.Digests // digests framing it
 	pdus     int64         // PDUs completed
-	big      bool          // the last data segment seen was spliceMin or longer
 
 	text     []byte // login text, across PDUs with the C bit
 	overflow bool   // login text longer than maxLoginText
@@ -446,9 +443,6 @@ func (f *framer) header(i int) error {
 	if f.dataLen > 0 && f.digests.Data {
 		f.left += 4
 	}
-	if f.dataLen > 0 {
-		f.big = f.left >= spliceMin
-	}
 	f.act, f.m = f.decide()
 	if f.withhold {
 		switch f.act {
@@ -515,43 +509,6 @@ func (f *framer) data(i int) int {
 		}
 	}
 	return i + k
-}
-
-// passing is how many bytes of the current PDU's data part (data,
-// padding, digest) may be forwarded without passing through feed: the rest
-// of it when the PDU passes unchanged and nothing is read from it, else 0.
-func (f *framer) passing() int {
-	if f.plain || !f.inData || f.act != actPass {
-		return 0
-	}
-	return f.left
-}
-
-// skip accounts for n bytes of the current PDU's data part forwarded
-// without feed; n is at most passing().
-func (f *framer) skip(n int) {
-	f.seen += n
-	f.left -= n
-	f.off += int64(n)
-	if f.left == 0 {
-		_ = f.end() // a passing PDU's end cannot fail
-	}
-}
-
-// readHint is how many bytes the pump should read next, at most max, when
-// it can splice: after a large data segment only the next header, and a
-// large data segment only to its end, so that each large data segment is
-// left in the kernel for the splicer. Small PDUs are read many at a time.
-func (f *framer) readHint(max int) int {
-	switch {
-	case f.plain || !f.big:
-		return max
-	case f.inData:
-		return min(f.left, max)
-	case !f.started:
-		return min(iscsi.BHSLen, max)
-	}
-	return min(f.need-f.have, max)
 }
 
 // end completes the current PDU.

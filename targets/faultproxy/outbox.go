@@ -13,9 +13,9 @@ import (
 // link's TCP window would.
 const maxQueued = 64 << 20
 
-// copyBelow: chunks shorter than this are copied when queued, so that many
-// small queued PDUs do not each pin a whole pump buffer.
-const copyBelow = 16 << 10
+// copyBelow: chunks shorter than this are copied when queued, so that
+// queued bytes pin at most twice their size in pump buffers.
+const copyBelow = bufSize / 2
 
 // outItem is a run of bytes to write at or after due.
 type outItem struct {
@@ -37,7 +37,7 @@ type outItem struct {
 type outbox struct {
 	l   *link
 	d   dir
-	dst *net.TCPConn // set before the pumps start
+	dst streamConn // set before the pumps start
 
 	// fast is set while nothing is queued, held or being written by the
 	// writer goroutine and no delay applies: the pump may then write (or
@@ -103,10 +103,17 @@ func (o *outbox) setDelays(delay, holdFor time.Duration) {
 	}
 }
 
+// open reports whether the pump may write itself without a lock: the
+// outbox is fast and the direction is not blackholed (then the writer
+// goroutine waits for Revert, and the pump goes on reading if it may).
+func (o *outbox) open() bool {
+	return o.fast.Load() && o.l.p.gates[o.d].Load() == nil
+}
+
 // direct reports whether the pump may write ps itself: nothing waits and
 // nothing is to wait. Callers hold o.mu.
 func (o *outbox) direct(ps []piece) bool {
-	if o.busy || o.delay > 0 || len(o.main) > 0 || len(o.held) > 0 {
+	if o.busy || o.delay > 0 || len(o.main) > 0 || len(o.held) > 0 || o.l.p.gates[o.d].Load() != nil {
 		return false
 	}
 	if o.holdFor > 0 {
@@ -137,7 +144,7 @@ func appendBufs(bufs [][]byte, ps []piece, chunk []byte) [][]byte {
 // bp from here. boundary says whether the output ends between two PDUs.
 // It fails once the link is gone.
 func (o *outbox) submit(bp *[]byte, ps []piece, chunk []byte, boundary bool, scratch *[][]byte) error {
-	if o.fast.Load() {
+	if o.open() {
 		*scratch = appendBufs((*scratch)[:0], ps, chunk)
 		err := o.l.write(o.dst, o.d, *scratch)
 		clear(*scratch)
@@ -174,6 +181,24 @@ func (o *outbox) submit(bp *[]byte, ps []piece, chunk []byte, boundary bool, scr
 		o.mu.Lock()
 	}
 	return nil
+}
+
+// submitLent is submit for a chunk lent by an array in memory (m's; see
+// memConn.borrow): the loan is given back once the chunk is written, or
+// copied to be queued.
+func (o *outbox) submitLent(m *memConn, ps []piece, chunk []byte, boundary bool, scratch *[][]byte) error {
+	if o.open() {
+		*scratch = appendBufs((*scratch)[:0], ps, chunk)
+		err := o.l.writeLent(o.dst, o.d, *scratch, m, len(chunk))
+		clear(*scratch)
+		o.mid.Store(!boundary)
+		return err
+	}
+	// Something is queued or the direction is blackholed: queue a copy.
+	bp := bufPool.Get().(*[]byte)
+	n := copy(*bp, chunk)
+	m.release(len(chunk))
+	return o.submit(bp, ps, (*bp)[:n], boundary, scratch)
 }
 
 // enqueue queues ps in order. Callers hold o.mu.

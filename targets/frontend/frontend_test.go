@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math/rand"
 	"net"
@@ -29,7 +28,7 @@ const (
 	loginTimeout = 2 * time.Second        // the server's LoginTimeout
 	pollInterval = 5 * time.Millisecond   // polling for goroutines to end
 	quietPeriod  = 100 * time.Millisecond // "nothing arrives" checks
-	stallPeriod  = 300 * time.Millisecond // how long a stalled command is given before we call it stalled
+	stallPeriod  = time.Second            // a command not sent by then is stalled
 )
 
 const (
@@ -544,18 +543,33 @@ func TestTaskAttributesGovernConcurrency(t *testing.T) {
 		p.SetFlags(iscsi.FlagFinal | attr)
 		return p
 	}
-	startedWithin := func(d time.Duration) []uint64 {
-		var tags []uint64
-		deadline := time.NewTimer(d)
+	// expectStarted waits for exactly the tasks want to enter the SCSI
+	// layer, then checks that no other one follows within quietPeriod.
+	expectStarted := func(what string, want ...uint32) {
+		t.Helper()
+		pending := map[uint64]bool{}
+		for _, itt := range want {
+			pending[uint64(itt)] = true
+		}
+		deadline := time.NewTimer(ioTimeout)
 		defer deadline.Stop()
-		for {
+		for len(pending) > 0 {
 			select {
 			case tag := <-s.fake.started:
-				tags = append(tags, tag)
+				if !pending[tag] {
+					t.Fatalf("task %d started while %s should be the only ones (%v)", tag, what, want)
+				}
+				delete(pending, tag)
 			case <-deadline.C:
-				slices.Sort(tags)
-				return tags
+				t.Fatalf("%s %v not started within %v (missing %v)", what, want, ioTimeout, pending)
 			}
+		}
+		quiet := time.NewTimer(quietPeriod)
+		defer quiet.Stop()
+		select {
+		case tag := <-s.fake.started:
+			t.Fatalf("task %d started too, after %s %v", tag, what, want)
+		case <-quiet.C:
 		}
 	}
 	s1, s2 := cmd(iscsi.AttrSimple), cmd(iscsi.AttrSimple)
@@ -564,14 +578,10 @@ func TestTaskAttributesGovernConcurrency(t *testing.T) {
 	for _, p := range []*iscsi.PDU{s1, s2, ord, s3} {
 		send(t, c, p)
 	}
-	if got, want := startedWithin(quietPeriod), []uint64{uint64(s1.ITT()), uint64(s2.ITT())}; !slices.Equal(got, want) {
-		t.Fatalf("started %v while the gate is shut, want the two SIMPLE tasks before the ORDERED one %v", got, want)
-	}
+	expectStarted("the two SIMPLE tasks before the ORDERED one", s1.ITT(), s2.ITT())
 	hoq := cmd(iscsi.AttrHOQ)
 	send(t, c, hoq)
-	if got := startedWithin(quietPeriod); !slices.Equal(got, []uint64{uint64(hoq.ITT())}) {
-		t.Fatalf("started %v, want the HEAD OF QUEUE task %d at once", got, hoq.ITT())
-	}
+	expectStarted("the HEAD OF QUEUE task", hoq.ITT())
 	close(gate)
 	want := []uint32{s1.ITT(), s2.ITT(), ord.ITT(), s3.ITT(), hoq.ITT()}
 	var got []uint32
@@ -1176,11 +1186,29 @@ func TestStrictInitiatorStallsOnAClosedWindow(t *testing.T) {
 			defer sess.Close()
 			stalledAt := -1
 			for i := range commands {
-				cctx, cancel := context.WithTimeout(ctx, stallPeriod)
-				err := sess.TestUnitReady(cctx, 0)
+				// A command that has not reached the target after
+				// stallPeriod is stalled in the initiator; one that has is
+				// only slow.
+				cctx, cancel := context.WithCancel(ctx)
+				done := make(chan error, 1)
+				go func() { done <- sess.TestUnitReady(cctx, 0) }()
+				var err error
+				select {
+				case err = <-done:
+				case <-time.After(stallPeriod):
+					if arrived.Load() <= int64(i) {
+						stalledAt = i
+					} else {
+						select {
+						case err = <-done:
+						case <-time.After(ioTimeout):
+							err = fmt.Errorf("sent, but not answered within %v", ioTimeout)
+						}
+					}
+				}
 				cancel()
-				if errors.Is(err, context.DeadlineExceeded) {
-					stalledAt = i
+				if stalledAt >= 0 {
+					<-done
 					break
 				}
 				if err != nil {

@@ -302,6 +302,7 @@ func (s *session) deliver(cmdSN uint32, immediate bool, it pendingItem) bool {
 		d.add(s, it)
 		d.drain(s)
 	}
+	d.reader = true
 	d.finish(s)
 	return true
 }
@@ -309,29 +310,35 @@ func (s *session) deliver(cmdSN uint32, immediate bool, it pendingItem) bool {
 // skipCmdSN counts CmdSN sn as received without a request, as task
 // management does for an aborted command that never arrived (RFC 7143
 // §11.5.1): a late arrival with that CmdSN is then dropped as a duplicate.
-func (s *session) skipCmdSN(sn uint32) {
+// It reports false when sn is not a CmdSN still to come inside the window
+// (already received, or outside it), and then changes nothing.
+func (s *session) skipCmdSN(sn uint32) bool {
 	var d delivery
 	s.mu.Lock()
 	switch {
 	case int32(sn-s.expCmdSN) < 0 || !s.inWindowLocked(sn):
 		s.mu.Unlock()
-		return
+		return false
 	case sn == s.expCmdSN:
 		s.expCmdSN++
 		d.drain(s)
 	default:
-		if _, queued := s.pending[sn]; !queued {
-			s.pending[sn] = pendingItem{run: func() {}}
+		if _, queued := s.pending[sn]; queued {
+			s.mu.Unlock()
+			return false
 		}
+		s.pending[sn] = pendingItem{run: func() {}}
 	}
 	d.finish(s)
+	return true
 }
 
 // delivery collects what delivering requests produced under s.mu, for
 // finish to act on once the lock is released.
 type delivery struct {
-	tx   []txPDU
-	runs []func()
+	tx     []txPDU
+	runs   []func()
+	reader bool // finish runs on the reader goroutine
 }
 
 func (d *delivery) add(s *session, it pendingItem) {
@@ -356,15 +363,40 @@ func (d *delivery) drain(s *session) {
 }
 
 // finish releases s.mu, then sends, starts and runs what was delivered.
+//
+// A lone quick task delivered on the reader while the initiator has
+// nothing more in flight runs right there, response written and all: at
+// queue depth 1 that saves two goroutine hand-overs per command.
 func (d *delivery) finish(s *session) {
 	start, logout := s.dispatchLocked()
+	inline := d.reader && len(start) == 1 && logout == nil && len(d.tx) == 0 &&
+		s.running == 1 && len(s.queue) == 0 && quick(start[0]) && s.br.Buffered() == 0
 	s.mu.Unlock()
-	s.send(d.tx...)
-	s.startWork(start, logout)
+	if inline {
+		s.runTask(start[0])
+	} else {
+		s.send(d.tx...)
+		s.startWork(start, logout)
+	}
 	for _, f := range d.runs {
 		f()
 	}
 }
+
+// quick reports the tasks the reader may run itself: READ and WRITE of at
+// most quickTransfer bytes without FUA, which a store answers from memory
+// or page cache. Anything that may block longer (a sync, a reservation
+// wait in the SCSI layer) goes to a worker, so the reader keeps reading.
+func quick(t *task) bool {
+	switch t.cdb[0] {
+	case 0x28, 0x88, 0xa8, 0x2a, 0x8a, 0xaa:
+		return t.cdb[1]&0x08 == 0 && t.edtl <= quickTransfer && !t.tooLarge
+	}
+	return false
+}
+
+// quickTransfer bounds the transfers the reader runs itself.
+const quickTransfer = 256 << 10
 
 // windowLocked returns ExpCmdSN and MaxCmdSN. MaxCmdSN only grows: a
 // delivered command moves ExpCmdSN up and takes a slot, an answered one

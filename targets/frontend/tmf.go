@@ -52,10 +52,10 @@ func (s *session) taskMgmt(fn byte, lun uint64, ref, refCmdSN, cmdSN uint32) byt
 		if t == nil {
 			s.mu.Unlock()
 			// RFC 7143 §11.5.1: a referenced command that never arrived
-			// but was sent before this request (RefCmdSN below CmdSN)
-			// counts as received, and aborted.
-			if int32(refCmdSN-cmdSN) < 0 {
-				s.skipCmdSN(refCmdSN)
+			// but was sent before this request (RefCmdSN in the window,
+			// below CmdSN) counts as received, and aborted. One below the
+			// window was received, and has completed.
+			if int32(refCmdSN-cmdSN) < 0 && s.skipCmdSN(refCmdSN) {
 				return tmfComplete
 			}
 			return tmfNoTask
