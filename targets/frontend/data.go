@@ -4,6 +4,7 @@ package frontend
 // Data-Out read straight into the command's buffer.
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/certkit/certkit/iscsi"
@@ -18,7 +19,14 @@ type r2tState struct {
 	ttt      uint32
 	off, len uint32
 	next     uint32 // next offset expected from the initiator
+	dataSN   uint32 // next DataSN expected in the sequence
 }
+
+// errDataSN ends a connection whose initiator sent a Data-Out out of
+// sequence: at ErrorRecoveryLevel 0 there is no recovery within the
+// connection (RFC 7143 §7.1.4.1), so, as Linux's target does, the
+// connection goes after a Reject.
+var errDataSN = errors.New("Data-Out out of sequence (DataSN)")
 
 // scsiCommand reads a SCSI Command PDU's immediate data (straight into the
 // task's buffer) and hands the task over in CmdSN order.
@@ -183,17 +191,21 @@ func (s *session) dataOut(p *iscsi.PDU) error {
 	t := s.tasks[p.ITT()]
 	var dst []byte
 	known := t != nil && !t.aborted
-	bad := false
+	bad, badSN := false, false
 	ri := -1
 	if known {
 		switch {
 		case !t.write || uint64(off)+uint64(n) > uint64(t.edtl):
 			bad = true
 		case ttt == iscsi.ReservedTag:
-			if off != t.unsolNext || off+n > t.unsolEnd {
+			switch {
+			case off != t.unsolNext || off+n > t.unsolEnd:
 				bad = true
-			} else {
+			case p.DataSN() != t.unsolSN:
+				badSN = true
+			default:
 				t.unsolNext += n
+				t.unsolSN++
 			}
 		default:
 			for i := range t.r2ts {
@@ -201,12 +213,17 @@ func (s *session) dataOut(p *iscsi.PDU) error {
 					ri = i
 				}
 			}
-			if ri < 0 || off != t.r2ts[ri].next || off+n > t.r2ts[ri].off+t.r2ts[ri].len {
+			switch {
+			case ri < 0 || off != t.r2ts[ri].next || off+n > t.r2ts[ri].off+t.r2ts[ri].len:
 				bad = true
-			} else {
+			case p.DataSN() != t.r2ts[ri].dataSN:
+				badSN = true
+			default:
 				t.r2ts[ri].next += n
+				t.r2ts[ri].dataSN++
 			}
 		}
+		bad = bad || badSN
 		if !bad && t.buf != nil {
 			dst = t.buf[off : off+n]
 		}
@@ -222,6 +239,9 @@ func (s *session) dataOut(p *iscsi.PDU) error {
 	}
 	if !known {
 		return nil // data for a task just aborted or completed: discard quietly
+	}
+	if badSN {
+		return errDataSN
 	}
 	if bad {
 		s.sendReject(p, rejectInvalidField, false)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/certkit/certkit/iscsi"
 	"github.com/gostor/gotgt/pkg/api"
@@ -110,6 +111,7 @@ type task struct {
 	buf       []byte // Data-Out buffer (edtl bytes) of a write, pooled
 	got       uint32 // Data-Out bytes received
 	unsolNext uint32 // next offset of immediate/unsolicited data
+	unsolSN   uint32 // next DataSN of unsolicited Data-Out
 	unsolEnd  uint32 // end of immediate + unsolicited data
 	next      uint32 // next offset to solicit with an R2T
 	r2tSN     uint32
@@ -215,14 +217,29 @@ func (s *session) reader() error {
 				s.handle(p)
 			}
 		}
-		if errors.Is(err, iscsi.ErrDataDigest) {
+		switch {
+		case errors.Is(err, iscsi.ErrDataDigest):
 			// ERL 0: reject, then recover by dropping the connection.
-			s.sendReject(p, rejectDataDigest, true)
-			<-s.done
+			s.rejectAndClose(p, rejectDataDigest)
+		case errors.Is(err, errDataSN):
+			s.rejectAndClose(p, rejectProtocolError)
 		}
 		if err != nil {
 			return err
 		}
+	}
+}
+
+// rejectAndClose sends a Reject and drops the connection once it is written,
+// or after LoginTimeout if the initiator does not read it.
+func (s *session) rejectAndClose(p *iscsi.PDU, reason byte) {
+	s.sendReject(p, reason, true)
+	t := time.NewTimer(s.srv.cfg.LoginTimeout)
+	defer t.Stop()
+	select {
+	case <-s.done:
+	case <-t.C:
+		s.close()
 	}
 }
 
@@ -491,7 +508,8 @@ func (s *session) textReq(p *iscsi.PDU) {
 		switch kv.Key {
 		case "SendTargets":
 			v := kv.Value
-			if v == "All" || v == "" || strings.EqualFold(v, s.srv.cfg.TargetName) {
+			// An initiator outside the ACL learns nothing (chap.go).
+			if (v == "All" || v == "" || strings.EqualFold(v, s.srv.cfg.TargetName)) && s.srv.allowed(s.initiator) {
 				out.Add("TargetName", s.srv.cfg.TargetName)
 				for _, a := range s.srv.targetAddresses() {
 					out.Add("TargetAddress", a)

@@ -407,3 +407,29 @@ func TestLengthsPastTheNegotiatedLimits(t *testing.T) {
 		}
 	})
 }
+
+// At ErrorRecoveryLevel 0 a Data-Out out of sequence (a DataSN that is not
+// the next of its sequence) cannot be recovered within the connection: the
+// target rejects it and drops the connection (libiscsi's
+// iSCSIDataSnInvalid expects the write to fail).
+func TestDataOutOutOfSequenceEndsTheConnection(t *testing.T) {
+	s := start(t, nil)
+	for _, sn := range []uint32{1, 27, 0xffffffff} {
+		c := login(t, s.addr(), 103, iscsi.KV{Key: "ImmediateData", Value: "No"})
+		cmd, r2t := waitingWrite(t, c, 0)
+		d := iscsi.New(iscsi.OpDataOut)
+		d.SetFlags(iscsi.FlagFinal)
+		d.SetITT(cmd.ITT())
+		d.SetTTT(r2t.TTT())
+		d.SetDataSN(sn) // the first of the sequence must be 0
+		d.Data = make([]byte, r2t.ResidualCount())
+		send(t, c, d)
+		if r := recv(t, c); r.Opcode() != iscsi.OpReject || r.BHS[2] != 0x04 {
+			t.Errorf("DataSN %d: got %s reason 0x%02x, want Reject (protocol error)", sn, r, r.BHS[2])
+		}
+		if err := c.WaitClosed(); err != nil {
+			t.Errorf("DataSN %d: %v", sn, err)
+		}
+	}
+	ping(t, login(t, s.addr(), 104))
+}
