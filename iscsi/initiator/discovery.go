@@ -13,7 +13,14 @@ import (
 // Discover runs a SendTargets=All discovery session at address (host:port)
 // and logs out. The login is bounded by DefaultLoginTimeout and ctx.
 func Discover(ctx context.Context, address, initiatorName string) ([]Target, error) {
-	s, err := login(ctx, Options{InitiatorName: initiatorName, Address: address}, true)
+	return DiscoverWith(ctx, Options{InitiatorName: initiatorName, Address: address})
+}
+
+// DiscoverWith is Discover at o.Address with the rest of o (CHAP,
+// LoginTimeout, ISID, Logf); o.TargetName is ignored.
+func DiscoverWith(ctx context.Context, o Options) ([]Target, error) {
+	address := o.Address
+	s, err := login(ctx, o, true)
 	if err != nil {
 		return nil, err
 	}

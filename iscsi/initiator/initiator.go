@@ -1,7 +1,8 @@
 // Package initiator is an iSCSI software initiator (RFC 7143): SendTargets
-// discovery, login with AuthMethod=None and operational negotiation, and a
-// full-feature-phase session that carries SCSI commands from many goroutines
-// over one connection. The emulated ESXi host builds every path on it.
+// discovery, login (AuthMethod None or CHAP, one-way or mutual) and
+// operational negotiation, and a full-feature-phase session that carries
+// SCSI commands from many goroutines over one connection. The emulated ESXi
+// host builds every path on it.
 //
 // It is deliberately strict where a certification harness needs it to be:
 // the CmdSN window is honoured exactly (a target that closes the window
@@ -11,8 +12,9 @@
 // a target sends.
 //
 // Supported: one connection per session, ErrorRecoveryLevel=0, no digests,
-// no CHAP. Commands are not aborted when their context ends: the initiator
-// forgets the task and drops whatever the target still sends for it.
+// CHAP with MD5 (see CHAP). Commands are not aborted when their context
+// ends: the initiator forgets the task and drops whatever the target still
+// sends for it.
 package initiator
 
 import (
@@ -46,6 +48,9 @@ type Options struct {
 	// MaxRecvDataSegmentLength is the largest data segment this side
 	// accepts; zero means 131072, ESXi's default.
 	MaxRecvDataSegmentLength uint32
+	// CHAP, when set, authenticates the login with CHAP (see CHAP); nil
+	// offers only AuthMethod=None.
+	CHAP *CHAP
 	// Logf receives notable session events; nil discards them.
 	Logf func(format string, args ...any)
 }

@@ -110,6 +110,9 @@ func login(ctx context.Context, o Options, discovery bool) (*Session, error) {
 	if o.MaxRecvDataSegmentLength < 512 || o.MaxRecvDataSegmentLength > 1<<24-1 {
 		return nil, fmt.Errorf("%s: MaxRecvDataSegmentLength %d is outside 512..16777215", what, o.MaxRecvDataSegmentLength)
 	}
+	if err := o.CHAP.check(); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
 	lctx, cancel := context.WithTimeout(ctx, o.LoginTimeout)
 	defer cancel()
 	timedOut := func(err error) error {
@@ -155,6 +158,7 @@ type loginConn struct {
 	o         Options
 	discovery bool
 
+	auth               authState // chap.go
 	tsih               uint16
 	cmdSN              uint32
 	expStatSN          uint32
@@ -169,7 +173,7 @@ func (l *loginConn) run() (Params, error) {
 		keys.Add("SessionType", "Normal")
 		keys.Add("TargetName", l.o.TargetName)
 	}
-	keys.Add("AuthMethod", "None")
+	keys.Add("AuthMethod", l.o.CHAP.authMethods())
 	offer := offers(l.discovery, l.o.MaxRecvDataSegmentLength)
 	neg := newNegotiation(offer)
 	stage := byte(stageSecurity)
@@ -186,8 +190,8 @@ func (l *loginConn) run() (Params, error) {
 			return Params{}, err
 		}
 		if stage == stageSecurity {
-			if v, ok := got.Get("AuthMethod"); ok && v != "None" {
-				return Params{}, fmt.Errorf("target requires AuthMethod=%s; this initiator supports only None (configure the target without CHAP)", v)
+			if resp, got, err = l.authenticate(resp, got); err != nil {
+				return Params{}, err
 			}
 		}
 		answers, err := neg.apply(got)
@@ -243,7 +247,13 @@ func (l *loginConn) send(csg, nsg byte, transit bool, data []byte) error {
 // exchange sends one Login Request and reads the response, following the
 // target's Continue bit until its text is complete.
 func (l *loginConn) exchange(csg, nsg byte, keys iscsi.Text) (*iscsi.PDU, iscsi.Text, error) {
-	if err := l.send(csg, nsg, true, keys.Encode()); err != nil {
+	return l.exchangeWith(csg, nsg, true, keys)
+}
+
+// exchangeWith is exchange with the T bit as given: clear while a CHAP
+// exchange still needs more rounds in the security stage.
+func (l *loginConn) exchangeWith(csg, nsg byte, transit bool, keys iscsi.Text) (*iscsi.PDU, iscsi.Text, error) {
+	if err := l.send(csg, nsg, transit, keys.Encode()); err != nil {
 		return nil, nil, err
 	}
 	var data []byte

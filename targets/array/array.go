@@ -127,6 +127,10 @@ func StartWith(ctx context.Context, cfg Config, opt Options) (res *Array, err er
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
+	auth, err := cfg.frontendAuth() // validated; resolves secret_env (auth.go)
+	if err != nil {
+		return nil, err
+	}
 	a.fe, err = frontend.Listen(frontend.Config{
 		TargetName:   cfg.Target,
 		Portals:      fps,
@@ -142,6 +146,8 @@ func StartWith(ctx context.Context, cfg Config, opt Options) (res *Array, err er
 		MaxConnections: opt.MaxConnections,
 		MaxLogins:      opt.MaxLogins,
 		Defect:         opt.Defect,
+		Auth:           auth,
+		ACL:            cfg.ACL,
 	})
 	if err != nil {
 		return nil, err

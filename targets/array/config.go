@@ -27,12 +27,16 @@ import (
 //	    portals: [{listen: "127.0.0.1:0", proxy: "127.0.0.1:0"}]
 //	  - name: B                                           # TPGT 2
 //	    portals: [{listen: "127.0.0.1:0", proxy: "127.0.0.1:0"}]
+//	auth: {chap: {name: esx-hosts, secret_env: ARRAY_A_CHAP}}  # optional, see AuthConfig
+//	acl: [iqn.1998-01.com.vmware:esx-01-1a2b3c4d]             # optional; empty: every initiator
 type Config struct {
 	Name        string       `yaml:"name"`
 	Target      string       `yaml:"target"`
 	LUNs        []LUN        `yaml:"luns"`
 	Controllers []Controller `yaml:"controllers"`
 	ALUA        *ALUA        `yaml:"alua,omitempty"`
+	Auth        *AuthConfig  `yaml:"auth,omitempty"` // CHAP (auth.go)
+	ACL         []string     `yaml:"acl,omitempty"`  // initiator IQNs allowed; empty: all
 }
 
 // ALUA says how the array presents asymmetric access. Without it every
@@ -186,6 +190,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	errs = append(errs, c.validateAccess()...) // auth, acl (auth.go)
 	return errors.Join(errs...)
 }
 

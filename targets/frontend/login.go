@@ -113,6 +113,7 @@ type loginConn struct {
 	itt        uint32
 	cmdSN      uint32
 	authDone   bool
+	auth       loginAuth
 	identified bool // first request's identity keys checked
 	negotiated map[string]bool
 }
@@ -173,6 +174,9 @@ func (l *loginConn) run() (*session, error) {
 		}
 		var out iscsi.Text
 		if err := l.negotiate(kv, csg, &out); err != nil {
+			return nil, err
+		}
+		if transit, err = l.authGate(csg, transit); err != nil { // no transit before CHAP is done (chap.go)
 			return nil, err
 		}
 		if csg == stageOperational && !l.declared {
@@ -245,7 +249,14 @@ func (l *loginConn) negotiate(kv iscsi.Text, csg int, out *iscsi.Text) error {
 		if l.tsih != 0 && l.discovery {
 			return failLogin(statusSessionMissing, "discovery login names TSIH %d", l.tsih)
 		}
+		if err := l.checkAccess(csg); err != nil { // ACL, CHAP (chap.go)
+			return err
+		}
 		out.Add("TargetPortalGroupTag", strconv.Itoa(int(l.p.tpgt)))
+	}
+	kv, err := l.authenticate(kv, csg, out) // AuthMethod and CHAP_* when CHAP is required (chap.go)
+	if err != nil {
+		return err
 	}
 	// MaxBurstLength first: FirstBurstLength may not exceed it.
 	kv = slices.Clone(kv)

@@ -1,10 +1,20 @@
 // Package frontend is certkit's iSCSI target session layer (RFC 7143): it
-// listens on the portals of one target, runs login (AuthMethod=None) and
+// listens on the portals of one target, runs login (AuthMethod None or CHAP) and
 // operational negotiation, discovery (SendTargets) and full-feature sessions,
 // and hands every SCSI command, fully built as a gotgt api.SCSICommand, to a
 // SCSI layer (see SCSI; targets/array wires gotgt's in).
 //
-// Scope: ErrorRecoveryLevel 0, one connection per session, CHAP not yet.
+// Commands are delivered in CmdSN order and executed by their task
+// attribute: SIMPLE ones side by side on a few workers per session, ORDERED
+// ones alone, HEAD OF QUEUE ones first. Data moves without copies in user
+// space: Data-Out is read straight into the command's pooled buffer, Data-In
+// goes out with its header in one writev. Task management (ABORT TASK, ABORT
+// TASK SET, CLEAR TASK SET, LUN RESET, TARGET WARM RESET), target NOP-In
+// pings, caps on connections and logins per portal, and a negative-control
+// Defect are configured in Config.
+//
+// Scope: ErrorRecoveryLevel 0, one connection per session; CHAP (one-way,
+// mutual) and an initiator ACL per target (Config.Auth, Config.ACL).
 // gotgt's own session layer (pkg/port/iscsit) is not used: it loses the
 // command after a non-immediate NOP-Out (see ../shared/notes/gotgt.md).
 package frontend
@@ -25,8 +35,12 @@ import (
 // SCSI is the SCSI layer behind a Server. Execute runs one command
 // synchronously; on return cmd.Result, cmd.SenseBuffer, cmd.InSDBBuffer
 // (data and gotgt's Resid) and cmd.TL describe the outcome, as gotgt's
-// SCSITargetService.AddCommandQueue leaves them. AddNexus registers the I_T
-// nexus of a session before its first command; RemoveNexus forgets it.
+// SCSITargetService.AddCommandQueue leaves them; for a READ, InSDBBuffer.Resid
+// is exactly the bytes produced (0 is none). Execute is called concurrently,
+// for the SIMPLE tasks of one session as for different sessions, and must
+// not keep the command's buffers after it returns (they are pooled).
+// AddNexus registers the I_T nexus of a session before its first command;
+// RemoveNexus forgets it.
 type SCSI interface {
 	AddNexus(n *api.ITNexus) error
 	RemoveNexus(n *api.ITNexus)
@@ -79,6 +93,12 @@ type Config struct {
 	// Defect makes the target misbehave on purpose, as a negative control
 	// for initiator tests. The zero value is a correct target.
 	Defect Defect
+
+	// Auth, when its Secret is set, requires CHAP at every login,
+	// discovery included (see Auth). ACL lists the initiator IQNs allowed
+	// to log in; empty allows every initiator. chap.go has both.
+	Auth Auth
+	ACL  []string
 
 	// Offers in operational negotiation (the initiator's values are honoured
 	// when smaller).
@@ -163,7 +183,7 @@ func (c *Config) validate() error {
 	if c.Defect.CloseWindowAfter < 0 {
 		return fmt.Errorf("frontend: target %s: Defect.CloseWindowAfter %d is negative; use 0 for a correct target", c.TargetName, c.Defect.CloseWindowAfter)
 	}
-	return nil
+	return c.validateAccess() // chap.go
 }
 
 type portal struct {

@@ -1,0 +1,340 @@
+package frontend
+
+import (
+	"crypto/md5"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/certkit/certkit/iscsi"
+)
+
+// Auth is a target's CHAP configuration (RFC 7143 §12.1.3 over RFC 1994,
+// MD5: CHAP_A=5). The zero value is no authentication: every login uses
+// AuthMethod=None.
+//
+// With Secret set, every login to the target, discovery sessions included,
+// must authenticate with CHAP as Name with Secret; an initiator that offers
+// only None, skips the security stage or answers wrongly gets Login status
+// 0x0201 (authentication failure). MutualName and MutualSecret are what the
+// target answers when the initiator challenges it in turn (mutual CHAP);
+// without them such an initiator is refused. Secrets are at least 12 bytes
+// (96 bits, RFC 7143 §9.2.1) and differ between the two directions. String
+// never shows them, and no error or log line of this package contains one.
+type Auth struct {
+	Name, Secret             string
+	MutualName, MutualSecret string
+}
+
+// MinCHAPSecret is the shortest CHAP secret accepted: 96 bits, RFC 7143
+// §9.2.1's minimum for CHAP without IPsec.
+const MinCHAPSecret = 12
+
+// Enabled reports whether logins must authenticate with CHAP.
+func (a Auth) Enabled() bool { return a.Secret != "" }
+
+// String describes the configuration without its secrets.
+func (a Auth) String() string {
+	if !a.Enabled() {
+		return "AuthMethod=None"
+	}
+	s := fmt.Sprintf("CHAP as %q", a.Name)
+	if a.MutualSecret != "" {
+		s += fmt.Sprintf(", mutual as %q", a.MutualName)
+	}
+	return s
+}
+
+// GoString keeps %#v from printing the secrets.
+func (a Auth) GoString() string { return "frontend.Auth{" + a.String() + "}" }
+
+// Login status details of access control (RFC 7143 §11.13.5).
+const statusAuthzFailure uint16 = 0x0202 // initiator not allowed to access the target
+
+// validateAccess checks Auth and ACL; errors name the field, never a
+// secret's value.
+func (c *Config) validateAccess() error {
+	a := c.Auth
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("frontend: target %s: "+format, append([]any{c.TargetName}, args...)...)
+	}
+	switch {
+	case a.Secret == "" && (a.Name != "" || a.MutualName != "" || a.MutualSecret != ""):
+		return bad("Auth.Secret is empty while other Auth fields are set; set Auth.Name and Auth.Secret for CHAP, or leave Auth empty")
+	case a.Secret == "":
+	case a.Name == "":
+		return bad("Auth.Name is empty; set the CHAP name initiators authenticate as")
+	case len(a.Secret) < MinCHAPSecret:
+		return bad("Auth.Secret is %d bytes; CHAP secrets need at least %d (RFC 7143 §9.2.1)", len(a.Secret), MinCHAPSecret)
+	case a.MutualSecret == "" && a.MutualName != "":
+		return bad("Auth.MutualName is set but Auth.MutualSecret is empty; set both for mutual CHAP")
+	case a.MutualSecret == "":
+	case a.MutualName == "":
+		return bad("Auth.MutualName is empty; set the CHAP name the target answers with in mutual CHAP")
+	case len(a.MutualSecret) < MinCHAPSecret:
+		return bad("Auth.MutualSecret is %d bytes; CHAP secrets need at least %d (RFC 7143 §9.2.1)", len(a.MutualSecret), MinCHAPSecret)
+	case a.MutualSecret == a.Secret:
+		return bad("Auth.MutualSecret equals Auth.Secret; RFC 7143 §9.2.1 wants a different secret in each direction")
+	}
+	for i, name := range c.ACL {
+		if strings.TrimSpace(name) == "" {
+			return bad("ACL[%d] is empty; list initiator IQNs, or leave ACL empty to allow every initiator", i)
+		}
+	}
+	return nil
+}
+
+// allowed reports whether the ACL lets initiator (an IQN; iSCSI names
+// compare case-insensitively) access the target.
+func (s *Server) allowed(initiator string) bool {
+	if len(s.cfg.ACL) == 0 {
+		return true
+	}
+	for _, name := range s.cfg.ACL {
+		if strings.EqualFold(strings.TrimSpace(name), initiator) {
+			return true
+		}
+	}
+	return false
+}
+
+// chapStep is how far a login's CHAP exchange has come.
+type chapStep int
+
+const (
+	chapNone       chapStep = iota // AuthMethod not agreed yet
+	chapChosen                     // AuthMethod=CHAP answered; CHAP_A expected
+	chapChallenged                 // CHAP_I and CHAP_C sent; CHAP_N and CHAP_R expected
+	chapDone                       // initiator authenticated (and target, if asked)
+)
+
+// loginAuth is the CHAP state of one login.
+type loginAuth struct {
+	step      chapStep
+	id        byte
+	challenge []byte
+}
+
+// checkAccess runs on a login's first request, once the initiator and the
+// session type are known: the ACL, and CHAP's demand for a security stage.
+//
+// An initiator not in the ACL gets 0x0202 for a normal session, as LIO
+// answers (tgtd answers 0x0203, target not found); its discovery session
+// succeeds, but SendTargets lists nothing to it, as both tgtd and LIO
+// (demo_mode_discovery=0) do.
+func (l *loginConn) checkAccess(csg int) error {
+	cfg := &l.srv.cfg
+	if !l.discovery && !l.srv.allowed(l.initiator) {
+		return failLogin(statusAuthzFailure, "initiator %s is not in the ACL of target %s; add it to the target's acl", l.initiator, cfg.TargetName)
+	}
+	if cfg.Auth.Enabled() && csg != stageSecurity {
+		return failLogin(statusAuthFailure, "initiator %s skipped the security stage; target %s requires CHAP", l.initiator, cfg.TargetName)
+	}
+	return nil
+}
+
+// authenticate takes the security keys (AuthMethod, CHAP_*) out of one
+// login request of the security stage when the target requires CHAP,
+// adds its answers to out, and returns the other keys.
+func (l *loginConn) authenticate(kv iscsi.Text, csg int, out *iscsi.Text) (iscsi.Text, error) {
+	cfg := &l.srv.cfg
+	if !cfg.Auth.Enabled() || csg != stageSecurity {
+		return kv, nil
+	}
+	var rest, keys iscsi.Text
+	method, offered := "", false
+	for _, p := range kv {
+		switch {
+		case p.Key == "AuthMethod":
+			method, offered = p.Value, true
+		case strings.HasPrefix(p.Key, "CHAP_"):
+			keys = append(keys, p)
+		default:
+			rest = append(rest, p)
+		}
+	}
+	if offered && l.auth.step == chapNone { // a key negotiates once; repeats are ignored
+		if !hasValue(method, "CHAP") {
+			return nil, failLogin(statusAuthFailure, "initiator %s offered AuthMethod=%s; target %s requires CHAP", l.initiator, method, cfg.TargetName)
+		}
+		out.Add("AuthMethod", "CHAP")
+		l.auth.step = chapChosen
+	}
+	if len(keys) == 0 {
+		return rest, nil
+	}
+	if l.auth.step == chapNone {
+		return nil, failLogin(statusInitiatorError, "initiator %s sent %s before AuthMethod=CHAP was agreed", l.initiator, keys[0].Key)
+	}
+	if alg, ok := keys.Get("CHAP_A"); ok {
+		if l.auth.step != chapChosen || len(keys) != 1 {
+			return nil, failLogin(statusInitiatorError, "initiator %s sent CHAP_A out of sequence (%s)", l.initiator, keyNames(keys))
+		}
+		return rest, l.challenge(alg, out)
+	}
+	if l.auth.step != chapChallenged {
+		return nil, failLogin(statusInitiatorError, "initiator %s sent %s out of sequence; expected CHAP_A first", l.initiator, keyNames(keys))
+	}
+	return rest, l.verify(keys, out)
+}
+
+// challenge answers CHAP_A with the algorithm, an identifier and a random
+// 16-byte challenge.
+func (l *loginConn) challenge(algs string, out *iscsi.Text) error {
+	if !hasValue(algs, "5") {
+		return failLogin(statusAuthFailure, "initiator %s offered CHAP_A=%s; this target supports only 5 (MD5)", l.initiator, algs)
+	}
+	b := make([]byte, 1+16)
+	if _, err := rand.Read(b); err != nil {
+		return failLogin(statusTargetError, "CHAP challenge: %v", err)
+	}
+	l.auth.id, l.auth.challenge = b[0], b[1:]
+	out.Add("CHAP_A", "5")
+	out.Add("CHAP_I", strconv.Itoa(int(l.auth.id)))
+	out.Add("CHAP_C", "0x"+hex.EncodeToString(l.auth.challenge))
+	l.auth.step = chapChallenged
+	return nil
+}
+
+// verify checks the initiator's CHAP_N and CHAP_R and, when it sent
+// CHAP_I and CHAP_C, answers them (mutual CHAP).
+func (l *loginConn) verify(keys iscsi.Text, out *iscsi.Text) error {
+	a := &l.srv.cfg.Auth
+	target := l.srv.cfg.TargetName
+	for _, p := range keys {
+		switch p.Key {
+		case "CHAP_N", "CHAP_R", "CHAP_I", "CHAP_C":
+		default:
+			return failLogin(statusInitiatorError, "initiator %s sent %s, not a CHAP response key", l.initiator, p.Key)
+		}
+	}
+	name, okN := keys.Get("CHAP_N")
+	rv, okR := keys.Get("CHAP_R")
+	iv, okI := keys.Get("CHAP_I")
+	cv, okC := keys.Get("CHAP_C")
+	if !okN || !okR {
+		return failLogin(statusInitiatorError, "initiator %s answered the CHAP challenge without %s", l.initiator, missing(keys, "CHAP_N", "CHAP_R"))
+	}
+	if okI != okC {
+		return failLogin(statusInitiatorError, "initiator %s sent only one of CHAP_I and CHAP_C; mutual CHAP needs both", l.initiator)
+	}
+	var mid byte
+	var mc []byte
+	if okI {
+		var err error
+		if mid, err = chapID(iv); err != nil {
+			return failLogin(statusInitiatorError, "initiator %s: %v", l.initiator, err)
+		}
+		if mc, err = chapBinary("CHAP_C", cv); err != nil {
+			return failLogin(statusInitiatorError, "initiator %s: %v", l.initiator, err)
+		}
+		if len(mc) > 1024 {
+			return failLogin(statusInitiatorError, "initiator %s sent a CHAP_C of %d bytes; at most 1024 are allowed", l.initiator, len(mc))
+		}
+		// RFC 7143 §12.1.3: an initiator must not send back the target's own
+		// challenge; answering it would hand out a response to replay.
+		if subtle.ConstantTimeCompare(mc, l.auth.challenge) == 1 {
+			return failLogin(statusAuthFailure, "initiator %s reflected the target's CHAP challenge (a reflection attack); refused", l.initiator)
+		}
+	}
+	r, err := chapBinary("CHAP_R", rv)
+	if err != nil {
+		return failLogin(statusInitiatorError, "initiator %s: %v", l.initiator, err)
+	}
+	want := md5CHAP(l.auth.id, a.Secret, l.auth.challenge)
+	if name != a.Name || subtle.ConstantTimeCompare(r, want) != 1 {
+		why := "wrong CHAP_R (secret differs)"
+		if name != a.Name {
+			why = fmt.Sprintf("CHAP_N %q is not the configured name", name)
+		}
+		return failLogin(statusAuthFailure, "initiator %s failed CHAP authentication to target %s: %s", l.initiator, target, why)
+	}
+	if okI {
+		if a.MutualSecret == "" {
+			return failLogin(statusAuthFailure, "initiator %s asked target %s for mutual CHAP, which is not configured here (set the target's mutual name and secret)", l.initiator, target)
+		}
+		out.Add("CHAP_N", a.MutualName)
+		out.Add("CHAP_R", "0x"+hex.EncodeToString(md5CHAP(mid, a.MutualSecret, mc)))
+	}
+	l.auth.step = chapDone
+	return nil
+}
+
+// authGate decides whether a security-stage request that asks to transit
+// may: not before CHAP has finished, when the target requires it. A request
+// that leaves without ever agreeing on CHAP fails the login.
+func (l *loginConn) authGate(csg int, transit bool) (bool, error) {
+	if !l.srv.cfg.Auth.Enabled() || csg != stageSecurity || l.auth.step == chapDone {
+		return transit, nil
+	}
+	if transit && l.auth.step == chapNone {
+		return false, failLogin(statusAuthFailure, "initiator %s left the security stage without authenticating; target %s requires CHAP", l.initiator, l.srv.cfg.TargetName)
+	}
+	return false, nil
+}
+
+// md5CHAP is RFC 1994's MD5(identifier || secret || challenge).
+func md5CHAP(id byte, secret string, challenge []byte) []byte {
+	h := md5.New()
+	h.Write([]byte{id})
+	h.Write([]byte(secret))
+	h.Write(challenge)
+	return h.Sum(nil)
+}
+
+// chapID reads CHAP_I: 0..255, decimal or 0x hex.
+func chapID(v string) (byte, error) {
+	base, digits := 10, v
+	if len(v) > 2 && (v[:2] == "0x" || v[:2] == "0X") {
+		base, digits = 16, v[2:]
+	}
+	n, err := strconv.ParseUint(digits, base, 8)
+	if err != nil {
+		return 0, fmt.Errorf("CHAP_I=%q is not a number in 0..255", v)
+	}
+	return byte(n), nil
+}
+
+// chapBinary reads an RFC 7143 §6.1 binary value, 0x hex or 0b base64,
+// without echoing it in the error.
+func chapBinary(key, v string) ([]byte, error) {
+	if len(v) > 2 {
+		switch v[:2] {
+		case "0x", "0X":
+			d := v[2:]
+			if len(d)%2 == 1 {
+				d = "0" + d
+			}
+			if b, err := hex.DecodeString(d); err == nil && len(b) > 0 {
+				return b, nil
+			}
+		case "0b", "0B":
+			if b, err := base64.StdEncoding.DecodeString(v[2:]); err == nil && len(b) > 0 {
+				return b, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("%s is not a binary value (0x hex or 0b base64)", key)
+}
+
+func keyNames(t iscsi.Text) string {
+	names := make([]string, len(t))
+	for i, p := range t {
+		names[i] = p.Key
+	}
+	return strings.Join(names, ", ")
+}
+
+func missing(t iscsi.Text, keys ...string) string {
+	var m []string
+	for _, k := range keys {
+		if _, ok := t.Get(k); !ok {
+			m = append(m, k)
+		}
+	}
+	return strings.Join(m, " and ")
+}
