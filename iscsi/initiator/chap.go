@@ -1,11 +1,8 @@
 package initiator
 
 import (
-	"crypto/md5"
 	"crypto/rand"
 	"crypto/subtle"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -309,50 +306,25 @@ func missingKeys(t iscsi.Text, keys ...string) string {
 	return strings.Join(m, ", ")
 }
 
-// chapResponse is RFC 1994's MD5(identifier || secret || challenge).
-func chapResponse(id byte, secret string, challenge []byte) []byte {
-	h := md5.New()
-	h.Write([]byte{id})
-	h.Write([]byte(secret))
-	h.Write(challenge)
-	return h.Sum(nil)
-}
+// The CHAP primitives are the iscsi package's; the initiator reports their
+// failures as protocol errors of the target.
+var (
+	chapResponse     = iscsi.CHAPResponse
+	encodeCHAPBinary = iscsi.EncodeBinary
+)
 
-// parseCHAPID reads CHAP_I, a number 0..255 (decimal or 0x hex).
 func parseCHAPID(v string) (byte, error) {
-	base, digits := 10, v
-	if len(v) > 2 && (v[:2] == "0x" || v[:2] == "0X") {
-		base, digits = 16, v[2:]
-	}
-	n, err := strconv.ParseUint(digits, base, 8)
+	id, err := iscsi.ParseCHAPID(v)
 	if err != nil {
-		return 0, fmt.Errorf("protocol error: CHAP_I=%q is not a number in 0..255", v)
+		return 0, fmt.Errorf("protocol error: %w", err)
 	}
-	return byte(n), nil
+	return id, nil
 }
 
-// encodeCHAPBinary renders a binary value as RFC 7143 §6.1 hex, as ESXi,
-// open-iscsi, libiscsi and tgtd do.
-func encodeCHAPBinary(b []byte) string { return "0x" + hex.EncodeToString(b) }
-
-// decodeCHAPBinary reads an RFC 7143 §6.1 binary value: 0x hex or 0b
-// base64. The value is not echoed in the error (it may be a response).
 func decodeCHAPBinary(key, v string) ([]byte, error) {
-	if len(v) > 2 {
-		switch v[:2] {
-		case "0x", "0X":
-			d := v[2:]
-			if len(d)%2 == 1 {
-				d = "0" + d
-			}
-			if b, err := hex.DecodeString(d); err == nil && len(b) > 0 {
-				return b, nil
-			}
-		case "0b", "0B":
-			if b, err := base64.StdEncoding.DecodeString(v[2:]); err == nil && len(b) > 0 {
-				return b, nil
-			}
-		}
+	b, err := iscsi.DecodeBinary(key, v)
+	if err != nil {
+		return nil, fmt.Errorf("protocol error: %w", err)
 	}
-	return nil, fmt.Errorf("protocol error: %s is not a binary value (0x hex or 0b base64)", key)
+	return b, nil
 }

@@ -1,11 +1,8 @@
 package frontend
 
 import (
-	"crypto/md5"
 	"crypto/rand"
 	"crypto/subtle"
-	"encoding/base64"
-	"encoding/hex"
 	"fmt"
 	"strconv"
 	"strings"
@@ -195,7 +192,7 @@ func (l *loginConn) challenge(algs string, out *iscsi.Text) error {
 	l.auth.id, l.auth.challenge = b[0], b[1:]
 	out.Add("CHAP_A", "5")
 	out.Add("CHAP_I", strconv.Itoa(int(l.auth.id)))
-	out.Add("CHAP_C", "0x"+hex.EncodeToString(l.auth.challenge))
+	out.Add("CHAP_C", iscsi.EncodeBinary(l.auth.challenge))
 	l.auth.step = chapChallenged
 	return nil
 }
@@ -226,10 +223,10 @@ func (l *loginConn) verify(keys iscsi.Text, out *iscsi.Text) error {
 	var mc []byte
 	if okI {
 		var err error
-		if mid, err = chapID(iv); err != nil {
+		if mid, err = iscsi.ParseCHAPID(iv); err != nil {
 			return failLogin(statusInitiatorError, "initiator %s: %v", l.initiator, err)
 		}
-		if mc, err = chapBinary("CHAP_C", cv); err != nil {
+		if mc, err = iscsi.DecodeBinary("CHAP_C", cv); err != nil {
 			return failLogin(statusInitiatorError, "initiator %s: %v", l.initiator, err)
 		}
 		if len(mc) > 1024 {
@@ -241,11 +238,11 @@ func (l *loginConn) verify(keys iscsi.Text, out *iscsi.Text) error {
 			return failLogin(statusAuthFailure, "initiator %s reflected the target's CHAP challenge (a reflection attack); refused", l.initiator)
 		}
 	}
-	r, err := chapBinary("CHAP_R", rv)
+	r, err := iscsi.DecodeBinary("CHAP_R", rv)
 	if err != nil {
 		return failLogin(statusInitiatorError, "initiator %s: %v", l.initiator, err)
 	}
-	want := md5CHAP(l.auth.id, a.Secret, l.auth.challenge)
+	want := iscsi.CHAPResponse(l.auth.id, a.Secret, l.auth.challenge)
 	if name != a.Name || subtle.ConstantTimeCompare(r, want) != 1 {
 		why := "wrong CHAP_R (secret differs)"
 		if name != a.Name {
@@ -258,7 +255,7 @@ func (l *loginConn) verify(keys iscsi.Text, out *iscsi.Text) error {
 			return failLogin(statusAuthFailure, "initiator %s asked target %s for mutual CHAP, which is not configured here (set the target's mutual name and secret)", l.initiator, target)
 		}
 		out.Add("CHAP_N", a.MutualName)
-		out.Add("CHAP_R", "0x"+hex.EncodeToString(md5CHAP(mid, a.MutualSecret, mc)))
+		out.Add("CHAP_R", iscsi.EncodeBinary(iscsi.CHAPResponse(mid, a.MutualSecret, mc)))
 	}
 	l.auth.step = chapDone
 	return nil
@@ -275,50 +272,6 @@ func (l *loginConn) authGate(csg int, transit bool) (bool, error) {
 		return false, failLogin(statusAuthFailure, "initiator %s left the security stage without authenticating; target %s requires CHAP", l.initiator, l.srv.cfg.TargetName)
 	}
 	return false, nil
-}
-
-// md5CHAP is RFC 1994's MD5(identifier || secret || challenge).
-func md5CHAP(id byte, secret string, challenge []byte) []byte {
-	h := md5.New()
-	h.Write([]byte{id})
-	h.Write([]byte(secret))
-	h.Write(challenge)
-	return h.Sum(nil)
-}
-
-// chapID reads CHAP_I: 0..255, decimal or 0x hex.
-func chapID(v string) (byte, error) {
-	base, digits := 10, v
-	if len(v) > 2 && (v[:2] == "0x" || v[:2] == "0X") {
-		base, digits = 16, v[2:]
-	}
-	n, err := strconv.ParseUint(digits, base, 8)
-	if err != nil {
-		return 0, fmt.Errorf("CHAP_I=%q is not a number in 0..255", v)
-	}
-	return byte(n), nil
-}
-
-// chapBinary reads an RFC 7143 §6.1 binary value, 0x hex or 0b base64,
-// without echoing it in the error.
-func chapBinary(key, v string) ([]byte, error) {
-	if len(v) > 2 {
-		switch v[:2] {
-		case "0x", "0X":
-			d := v[2:]
-			if len(d)%2 == 1 {
-				d = "0" + d
-			}
-			if b, err := hex.DecodeString(d); err == nil && len(b) > 0 {
-				return b, nil
-			}
-		case "0b", "0B":
-			if b, err := base64.StdEncoding.DecodeString(v[2:]); err == nil && len(b) > 0 {
-				return b, nil
-			}
-		}
-	}
-	return nil, fmt.Errorf("%s is not a binary value (0x hex or 0b base64)", key)
 }
 
 func keyNames(t iscsi.Text) string {
