@@ -7,8 +7,6 @@ import (
 	crand "crypto/rand"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +18,7 @@ import (
 	"time"
 
 	"github.com/certkit/certkit/iscsi/initiator"
+	"github.com/certkit/certkit/targets/tgtd"
 )
 
 // Timings and sizes of the processes under test; parameters, not sleeps.
@@ -42,10 +41,9 @@ const (
 	// controller LUN).
 	benchLUN = 1
 
-	tgtdBin   = "/usr/sbin/tgtd"
-	tgtadmBin = "/usr/sbin/tgtadm"
-	perfBin   = "/usr/bin/iscsi-perf"
-	niceBin   = "/usr/bin/nice"
+	tgtdBin = tgtd.Bin
+	perfBin = "/usr/bin/iscsi-perf"
+	niceBin = "/usr/bin/nice"
 	// clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat
 	// (100 on every Linux architecture Go supports).
 	clockTicks = 100
@@ -80,6 +78,7 @@ func (s *syncBuffer) String() string {
 // proc is a child process whose CPU time the benchmark reads.
 type proc struct {
 	name   string
+	pid    int
 	cmd    *exec.Cmd
 	out    *syncBuffer // stdout and stderr, for error messages
 	lines  chan string // stdout lines, as long as someone reads them
@@ -115,6 +114,7 @@ func startProc(tb testing.TB, name string, niceness int, env []string, bin strin
 	if err := p.cmd.Start(); err != nil {
 		tb.Fatalf("starting %s (%s): %v", name, bin, err)
 	}
+	p.pid = p.cmd.Process.Pid
 	r.Close()
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -172,7 +172,7 @@ func (p *proc) waitLine(tb testing.TB, what string, want func(string) bool) stri
 // cpuTime is the process's user plus system CPU time so far, all threads,
 // from /proc/PID/stat (10 ms resolution).
 func (p *proc) cpuTime() (time.Duration, error) {
-	return cpuTime(p.cmd.Process.Pid)
+	return cpuTime(p.pid)
 }
 
 func cpuTime(pid int) (time.Duration, error) {
@@ -249,41 +249,32 @@ controllers:
 // tgtdTarget is Debian's tgtd in the foreground with one target whose LUN 1
 // is a file in RAM (/dev/shm where there is one).
 type tgtdTarget struct {
-	*proc
-	Addr string
-	ctl  int
+	*proc // name and PID only: package tgtd runs and stops it
+	Addr  string
 }
 
 func startTgtd(tb testing.TB, lunSize int64) *tgtdTarget {
 	tb.Helper()
-	needBinary(tb, tgtdBin, "tgt")
-	needBinary(tb, tgtadmBin, "tgt")
-	backing := ramFile(tb, lunSize)
-	var last error
-	for range 5 { // a port or control socket taken meanwhile: try others
-		d, err := launchTgtd(tb)
-		if err != nil {
-			last = err
-			continue
-		}
-		for _, s := range [][]string{
-			{"--op", "new", "--mode", "target", "--tid", "1", "-T", tgtdIQN},
-			{"--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", strconv.Itoa(benchLUN), "-b", backing},
-			{"--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"},
-		} {
-			if err := d.adm(s...); err != nil {
-				tb.Fatalf("configuring tgtd: %v\ntgtd log:\n%s", err, d.out)
-			}
-		}
-		return d
+	d, err := tgtd.Start(context.Background(), tgtd.Options{
+		IQN:          tgtdIQN,
+		LUNs:         []tgtd.LUN{{ID: benchLUN, Backing: ramFile(tb), Size: lunSize}},
+		StartTimeout: startTimeout,
+		PollInterval: pollInterval,
+	})
+	if errors.Is(err, tgtd.ErrNotInstalled) {
+		tb.Skipf("%v (make deps does, as root)", err)
 	}
-	tb.Fatalf("starting tgtd: %v", last)
-	return nil
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { d.Close() })
+	return &tgtdTarget{proc: &proc{name: "tgtd", pid: d.PID()}, Addr: d.Portals[0]}
 }
 
-// ramFile is a file of size bytes in /dev/shm (tmpfs), removed at cleanup;
-// without /dev/shm it falls back to the test's temp dir and says so.
-func ramFile(tb testing.TB, size int64) string {
+// ramFile is a new file in /dev/shm (tmpfs), removed at cleanup, for
+// tgtd's LUN; without /dev/shm it falls back to the test's temp dir and
+// says so.
+func ramFile(tb testing.TB) string {
 	tb.Helper()
 	dir := "/dev/shm"
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
@@ -295,58 +286,8 @@ func ramFile(tb testing.TB, size int64) string {
 		tb.Fatalf("tgtd's backing file: %v", err)
 	}
 	tb.Cleanup(func() { os.Remove(f.Name()) })
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		tb.Fatalf("tgtd's backing file: %v", err)
-	}
+	f.Close()
 	return f.Name()
-}
-
-func launchTgtd(tb testing.TB) (*tgtdTarget, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	ctl := 10000 + rand.IntN(22000) // tgtd takes 0..32767
-	p := startProc(tb, "tgtd", 0, nil, tgtdBin, "-f", "-C", strconv.Itoa(ctl), "--iscsi", "portal="+addr)
-	d := &tgtdTarget{proc: p, Addr: addr, ctl: ctl}
-	tb.Cleanup(func() { // registered after p.stop, so it runs first
-		p.cmd.Process.Kill() // tgtd ignores SIGTERM while it has targets
-		<-p.exited
-		sock := fmt.Sprintf("/var/run/tgtd/socket.%d", ctl)
-		os.Remove(sock)
-		os.Remove(sock + ".lock")
-	})
-	deadline := time.Now().Add(startTimeout)
-	for {
-		select {
-		case <-p.exited:
-			return nil, fmt.Errorf("tgtd exited at start-up:\n%s", p.out)
-		default:
-		}
-		if d.adm("--op", "show", "--mode", "sys") == nil {
-			if c, err := net.Dial("tcp", addr); err == nil {
-				c.Close()
-				return d, nil
-			}
-		}
-		if time.Now().After(deadline) {
-			p.cmd.Process.Kill()
-			return nil, fmt.Errorf("tgtd not ready within %s:\n%s", startTimeout, p.out)
-		}
-		time.Sleep(pollInterval)
-	}
-}
-
-func (d *tgtdTarget) adm(args ...string) error {
-	args = append([]string{"-C", strconv.Itoa(d.ctl), "--lld", "iscsi"}, args...)
-	out, err := exec.Command(tgtadmBin, args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("tgtadm %v: %v: %s", args, err, out)
-	}
-	return nil
 }
 
 // startProxyChild runs a fault proxy to upstream in a child process (this
