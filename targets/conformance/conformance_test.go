@@ -17,6 +17,7 @@ import (
 
 	"github.com/certkit/certkit/targets/array"
 	"github.com/certkit/certkit/targets/conformance"
+	"github.com/certkit/certkit/targets/tgtd"
 )
 
 // Parameters of the comparison run.
@@ -98,7 +99,7 @@ func TestIscsiTestCu(t *testing.T) {
 	runner := conformance.Runner{Initiator: initiator1, Initiator2: initiator2, Dataloss: true, Timeout: suiteTimeout, Dir: t.TempDir()}
 	list, err := runner.List(ctx)
 	if errors.Is(err, conformance.ErrNoTool) {
-		t.Skipf("%v (the comparison also needs tgtd: `apt-get install -y %s %s`)", err, conformance.ToolPackage, conformance.TgtdPackage)
+		t.Skipf("%v (the comparison also needs tgtd: `apt-get install -y %s %s`)", err, conformance.ToolPackage, tgtd.Package)
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -113,9 +114,9 @@ func TestIscsiTestCu(t *testing.T) {
 		}
 	}
 
-	tgt, err := conformance.StartTgtd(ctx, conformance.TgtdConfig{IQN: tgtdIQN, Portals: 2, Backing: filepath.Join(t.TempDir(), "lun1.img"), Size: lunSize})
-	if errors.Is(err, conformance.ErrNoTgtd) {
-		t.Skipf("%v (the comparison also needs iscsi-test-cu: `apt-get install -y %s %s`)", err, conformance.ToolPackage, conformance.TgtdPackage)
+	tgt, err := tgtd.Start(ctx, tgtd.Options{IQN: tgtdIQN, Portals: 2, LUNs: []tgtd.LUN{{ID: 1, Backing: filepath.Join(t.TempDir(), "lun1.img"), Size: lunSize}}})
+	if errors.Is(err, tgtd.ErrNotInstalled) {
+		t.Skipf("%v (the comparison also needs iscsi-test-cu: `apt-get install -y %s %s`)", err, conformance.ToolPackage, tgtd.Package)
 	}
 	if err != nil && os.Geteuid() != 0 {
 		t.Skipf("tgtd did not start, and it needs root for its control socket in /var/run/tgtd: %v", err)
@@ -156,7 +157,7 @@ func TestIscsiTestCu(t *testing.T) {
 		var o, r conformance.SuiteRun
 		var wg sync.WaitGroup
 		wg.Go(func() { o = runner.Run(ctx, s, list[s], ourURLs) })
-		wg.Go(func() { r = runner.Run(ctx, s, list[s], tgt.URLs()) })
+		wg.Go(func() { r = runner.Run(ctx, s, list[s], tgt.URLs(1)) })
 		wg.Wait()
 		rep.OursRuns = append(rep.OursRuns, o)
 		rep.RefRuns = append(rep.RefRuns, r)
@@ -223,7 +224,7 @@ func suiteOf(test string) string {
 // versions names what the report was made with.
 func versions(ctx context.Context) map[string]string {
 	v := map[string]string{"go": runtime.Version()}
-	for k, pkg := range map[string]string{"iscsi-test-cu": conformance.ToolPackage, "tgtd": conformance.TgtdPackage} {
+	for k, pkg := range map[string]string{"iscsi-test-cu": conformance.ToolPackage, "tgtd": tgtd.Package} {
 		out, err := exec.CommandContext(ctx, "dpkg-query", "-W", "-f=${Version}", pkg).Output()
 		if err == nil && len(out) > 0 {
 			v[k] = fmt.Sprintf("Debian %s %s", pkg, out)
