@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -135,66 +134,61 @@ func TestDecodeLUN(t *testing.T) {
 }
 
 func TestLatencyDelaysBulkStreamsAndKeepsThemIntact(t *testing.T) {
-	eachMode(t, func(t *testing.T, mode string) {
-		const d = 100 * time.Millisecond
-		u := startPortal(t)
-		p := listenTo(t, mode, u, Options{})
-		host, array := connect(t, p, u)
-		if _, err := p.InjectFault(Fault{Kind: Latency, Params: Params{Delay: d}}); err != nil {
+	const d = 100 * time.Millisecond
+	u := startPortal(t)
+	p := listen(t, u.ln.Addr().String())
+	host, array := connect(t, p, u)
+	if _, err := p.InjectFault(Fault{Kind: Latency, Params: Params{Delay: d}}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	send(t, host, []byte("hello"))
+	expect(t, array, []byte("hello"))
+	if took := time.Since(start); took < d {
+		t.Fatalf("5 bytes crossed in %v under %v of latency", took, d)
+	}
+
+	// Large streams both ways at once cross intact; latency costs about
+	// the delay once, not once per chunk.
+	up, down := random(t, 4<<20), random(t, 4<<20)
+	errc := make(chan error, 2)
+	start = time.Now()
+	go func() { _, err := host.Write(up); errc <- err }()
+	go func() { _, err := array.Write(down); errc <- err }()
+	expect(t, array, up)
+	expect(t, host, down)
+	for range 2 {
+		if err := <-errc; err != nil {
 			t.Fatal(err)
 		}
-		start := time.Now()
-		send(t, host, []byte("hello"))
-		expect(t, array, []byte("hello"))
-		if took := time.Since(start); took < d {
-			t.Fatalf("5 bytes crossed in %v under %v of latency", took, d)
-		}
+	}
+	took := time.Since(start)
+	t.Logf("4 MiB each way under %v of latency: %v", d, took)
+	if took < d {
+		t.Fatalf("bulk crossed in %v, under the delay", took)
+	}
 
-		// Large streams both ways at once cross intact; latency costs about
-		// the delay once, not once per chunk.
-		up, down := random(t, 4<<20), random(t, 4<<20)
-		errc := make(chan error, 2)
-		start = time.Now()
-		go func() { _, err := host.Write(up); errc <- err }()
-		go func() { _, err := array.Write(down); errc <- err }()
-		expect(t, array, up)
-		expect(t, host, down)
-		for range 2 {
-			if err := <-errc; err != nil {
-				t.Fatal(err)
-			}
-		}
-		took := time.Since(start)
-		t.Logf("4 MiB each way under %v of latency: %v", d, took)
-		if took < d {
-			t.Fatalf("bulk crossed in %v, under the delay", took)
-		}
-
-		// A half-close waits behind the bytes before it.
-		send(t, host, []byte("bye"))
-		host.(*net.TCPConn).CloseWrite()
-		expect(t, array, []byte("bye"))
-		array.SetReadDeadline(time.Now().Add(settle))
-		if n, err := array.Read(make([]byte, 1)); n != 0 || err == nil {
-			t.Fatalf("after the host's half-close: %d bytes, %v; want EOF", n, err)
-		}
-	})
+	// A half-close waits behind the bytes before it.
+	send(t, host, []byte("bye"))
+	host.(*net.TCPConn).CloseWrite()
+	expect(t, array, []byte("bye"))
+	array.SetReadDeadline(time.Now().Add(settle))
+	if n, err := array.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("after the host's half-close: %d bytes, %v; want EOF", n, err)
+	}
 }
 
 func TestISCSIAwareFaultsPassOtherProtocolsIntact(t *testing.T) {
-	eachMode(t, testISCSIAwareFaultsPassOtherProtocolsIntact)
-}
-
-func testISCSIAwareFaultsPassOtherProtocolsIntact(t *testing.T, mode string) {
 	for _, f := range []Fault{{Kind: DropNOPIn}, {Kind: FailOpcode, Params: Params{Opcode: Opcode(0), Sense: Sense{Key: 5}}}} {
 		u := startPortal(t)
-		var mu sync.Mutex
 		var logs []string
-		p := listenTo(t, mode, u, Options{Logf: func(format string, args ...any) {
-			mu.Lock()
-			defer mu.Unlock()
+		p, err := ListenWith("127.0.0.1:0", u.ln.Addr().String(), Options{Logf: func(format string, args ...any) {
 			logs = append(logs, format)
 		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
 		if _, err := p.InjectFault(f); err != nil {
 			t.Fatal(err)
 		}
@@ -207,11 +201,8 @@ func testISCSIAwareFaultsPassOtherProtocolsIntact(t *testing.T, mode string) {
 		go array.Write(bulk)
 		expect(t, host, bulk)
 		p.Close()
-		mu.Lock()
-		n := len(logs)
-		mu.Unlock()
-		if n != 2 {
-			t.Errorf("%v: %d log lines, want one per direction saying it forwards unparsed", f, n)
+		if len(logs) != 2 {
+			t.Errorf("%v: %d log lines, want one per direction saying it forwards unparsed", f, len(logs))
 		}
 	}
 }

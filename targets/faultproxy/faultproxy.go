@@ -84,12 +84,9 @@ type gate struct{ open chan struct{} }
 // aLongTimeAgo as a deadline makes blocked reads and writes return at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// bufSize is the pump buffer. Reads return what the socket holds, up to
-// this; on a busy stream (128 KiB reads at QD16) a larger buffer moves
-// several PDUs per read and write, which costs less CPU per byte than
-// 128 KiB buffers did, and less than splice(2) between the sockets (see
-// BenchmarkReads and BenchmarkThroughput). An idle connection holds none.
-const bufSize = 1 << 20
+// bufSize is the pump buffer: large enough that a 128 KiB iSCSI Data-In
+// crosses in a couple of syscalls.
+const bufSize = 128 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 
@@ -98,25 +95,6 @@ type Options struct {
 	// Logf receives notable events, such as a connection whose iSCSI stream
 	// the proxy could not follow; nil discards them.
 	Logf func(format string, args ...any)
-
-	// Serve, when set, joins every host connection to an array in this
-	// process in memory instead of dialling upstream: it receives the
-	// array's end of an in-memory connection and must serve it as if it had
-	// been accepted on the upstream portal (the end's RemoteAddr is the
-	// host's, its LocalAddr the proxy's). It should return promptly; an
-	// error, such as the portal being down, resets the host's connection as
-	// a refused dial would. upstream then only names the portal.
-	//
-	// The host's side stays TCP and every fault acts as it does on a dialled
-	// connection. What changes is the cost: a dialled connection moves every
-	// byte through a second loopback TCP connection, which costs about as
-	// much CPU as the array's own network I/O; in memory, the array's writes
-	// reach the host's socket without being copied, and the host's writes
-	// are copied once. The array's writes return once they are on the
-	// host's socket (TCP's would return once in the second connection's
-	// buffer), so an array sees a stalled path (blackhole-out) at its first
-	// write rather than after a socket buffer's worth.
-	Serve func(net.Conn) error
 }
 
 // Proxy forwards TCP connections from its listen address to one upstream
@@ -128,7 +106,6 @@ type Proxy struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	dialer   net.Dialer
-	serve    func(net.Conn) error
 	logf     func(format string, args ...any)
 
 	// gates[d] is non-nil while direction d is blackholed. Pumps load it
@@ -166,7 +143,6 @@ func ListenWith(listenAddr, upstream string, opt Options) (*Proxy, error) {
 		name:     ln.Addr().String() + " -> " + upstream,
 		ctx:      ctx,
 		cancel:   cancel,
-		serve:    opt.Serve,
 		logf:     opt.Logf,
 		links:    make(map[*link]struct{}),
 	}
@@ -388,15 +364,8 @@ type link struct {
 	out    [2]*outbox
 
 	mu       sync.Mutex
-	upstream streamConn
+	upstream *net.TCPConn
 	closed   bool
-}
-
-// streamConn is what a link needs of a connection: the host's, the array's
-// dialled one, or the proxy's end of an in-memory one (Options.Serve).
-type streamConn interface {
-	net.Conn
-	CloseWrite() error
 }
 
 func (p *Proxy) newLink(c *net.TCPConn) *link {
@@ -453,13 +422,14 @@ func (l *link) run() {
 	if l.wait(toUpstream) != nil || l.wait(toClient) != nil {
 		return
 	}
-	up, err := l.dial()
+	c, err := l.p.dialer.DialContext(l.p.ctx, "tcp", l.p.upstream)
 	if err != nil {
 		// The portal behind us is down: tell the host at once, as the
 		// portal itself would by refusing the connection.
 		l.close(true)
 		return
 	}
+	up := c.(*net.TCPConn)
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -488,70 +458,28 @@ func (l *link) run() {
 	wg.Wait()
 }
 
-// dial connects the link to the array: over TCP, or in memory through
-// Options.Serve.
-func (l *link) dial() (streamConn, error) {
-	if l.p.serve == nil {
-		c, err := l.p.dialer.DialContext(l.p.ctx, "tcp", l.p.upstream)
-		if err != nil {
-			return nil, err
-		}
-		tc := c.(*net.TCPConn)
-		_ = tc.SetNoDelay(true)
-		return tc, nil
-	}
-	mine, theirs := memPipe(l.p.ln.Addr(), l.client.RemoteAddr())
-	if err := l.p.serve(theirs); err != nil {
-		if l.p.logf != nil {
-			l.p.logf("faultproxy %s: connection from %s: the array refused it: %v", l.p.name, l.client.RemoteAddr(), err)
-		}
-		theirs.Close()
-		return nil, err
-	}
-	return mine, nil
-}
-
 // pump reads one direction, frames it and hands it to the direction's
 // outbox. A clean EOF is passed on as a half-close once everything before
 // it is written; any error ends the whole link.
-//
-// With no fault queueing anything (the outbox is fast), this is one read
-// and one write per chunk, no lock taken and nothing allocated. From an
-// array in memory, the array's bytes are framed and written to the host
-// in place (see memConn.borrow), and they are taken even while the
-// direction is blackholed, to be queued as a socket buffer would take
-// them (up to maxQueued).
 func (l *link) pump(d dir) {
-	var src net.Conn = l.client
+	src := l.client
 	if d == toClient {
 		src = l.upstream
 	}
-	mem, _ := src.(*memConn)
 	r := gatedReader{l, src, d}
 	f, o := l.fr[d], l.out[d]
 	var scratch [][]byte
 	for {
-		var err error
-		if mem != nil {
-			var chunk []byte
-			if chunk, err = mem.borrow(bufSize); len(chunk) > 0 {
-				if werr := o.submitLent(mem, f.feed(chunk), chunk, f.atBoundary(), &scratch); werr != nil {
-					l.close(false)
-					return
-				}
+		bp := bufPool.Get().(*[]byte)
+		n, err := r.Read(*bp)
+		if n > 0 {
+			chunk := (*bp)[:n]
+			if werr := o.submit(bp, f.feed(chunk), chunk, f.atBoundary(), &scratch); werr != nil {
+				l.close(false)
+				return
 			}
 		} else {
-			bp := bufPool.Get().(*[]byte)
-			var n int
-			if n, err = r.Read(*bp); n > 0 {
-				chunk := (*bp)[:n]
-				if werr := o.submit(bp, f.feed(chunk), chunk, f.atBoundary(), &scratch); werr != nil {
-					l.close(false)
-					return
-				}
-			} else {
-				bufPool.Put(bp)
-			}
+			bufPool.Put(bp)
 		}
 		switch {
 		case err == io.EOF:
@@ -566,32 +494,8 @@ func (l *link) pump(d dir) {
 	}
 }
 
-// writeLent writes bufs, which refer to n bytes lent by m, to dst through
-// direction d's gate, and gives the loan back. If the gate closes first,
-// the rest is copied and the loan given back at once, so that the array's
-// write returns as it would have into a socket buffer.
-func (l *link) writeLent(dst net.Conn, d dir, bufs [][]byte, m *memConn, n int) error {
-	nb := net.Buffers(bufs)
-	for len(nb) > 0 && l.p.gates[d].Load() == nil {
-		if _, err := nb.WriteTo(dst); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			m.release(n)
-			return err
-		}
-	}
-	if len(nb) == 0 {
-		m.release(n)
-		return nil
-	}
-	rest := make([]byte, 0, 1<<10)
-	for _, b := range nb {
-		rest = append(rest, b...)
-	}
-	m.release(n)
-	return l.write(dst, d, [][]byte{rest})
-}
-
 // write writes bufs to dst through direction d's gate.
-func (l *link) write(dst net.Conn, d dir, bufs [][]byte) error {
+func (l *link) write(dst *net.TCPConn, d dir, bufs [][]byte) error {
 	if len(bufs) == 1 {
 		_, err := gatedWriter{l, dst, d}.Write(bufs[0])
 		return err
@@ -609,7 +513,7 @@ func (l *link) write(dst net.Conn, d dir, bufs [][]byte) error {
 }
 
 // closeWrite passes a half-close on once direction d forwards.
-func (l *link) closeWrite(dst streamConn, d dir) error {
+func (l *link) closeWrite(dst *net.TCPConn, d dir) error {
 	if err := l.wait(d); err != nil {
 		return err
 	}
@@ -633,8 +537,7 @@ func (l *link) wait(d dir) error {
 }
 
 // setDeadlines sets t as the deadline of every read and write that moves
-// bytes in the directions dirs, except reads from an array in memory
-// (see pump). Callers hold p.mu.
+// bytes in the directions dirs. Callers hold p.mu.
 func (l *link) setDeadlines(dirs []dir, t time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -642,16 +545,11 @@ func (l *link) setDeadlines(dirs []dir, t time.Time) {
 		return
 	}
 	for _, d := range dirs {
-		var src, dst net.Conn = l.client, nil
-		if l.upstream != nil {
-			dst = l.upstream
-			if d == toClient {
-				src, dst = l.upstream, l.client
-			}
-		} else if d == toClient {
-			src, dst = nil, l.client
+		src, dst := l.client, l.upstream
+		if d == toClient {
+			src, dst = l.upstream, l.client
 		}
-		if _, mem := src.(*memConn); src != nil && !mem {
+		if src != nil {
 			_ = src.SetReadDeadline(t)
 		}
 		if dst != nil {
@@ -683,7 +581,7 @@ func (l *link) close(rst bool) {
 // blackhole's deadline has consumed nothing and is retried after Revert.
 type gatedReader struct {
 	l *link
-	c net.Conn
+	c *net.TCPConn
 	d dir
 }
 
@@ -707,7 +605,7 @@ func (r gatedReader) Read(b []byte) (int, error) {
 // blackhole began wait here and are written, in order, after Revert.
 type gatedWriter struct {
 	l *link
-	c net.Conn
+	c *net.TCPConn
 	d dir
 }
 
