@@ -5,10 +5,8 @@ package main
 
 import (
 	"archive/tar"
-	"bufio"
 	"bytes"
 	"compress/gzip"
-	"context"
 	"io"
 	"io/fs"
 	"os"
@@ -19,9 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/certkit/certkit/harness/lab"
 	"github.com/certkit/certkit/reports/bundle"
-	"github.com/certkit/certkit/targets/control"
 )
 
 // A run killed with SIGKILL leaves its staging directory: verify says
@@ -110,39 +106,7 @@ func hasFile(dir string) bool {
 // (profile, command logs, fault timeline, observer samples, host log,
 // results) is in the bundle without waiting for the whole catalog.
 func TestBundleHoldsNoLabSecret(t *testing.T) {
-	labDir := t.TempDir()
-	labProc := exec.Command(certkitBin, "lab", "up", "--dir", labDir)
-	stdout, err := labProc.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	labProc.Stderr = os.Stderr
-	if err := labProc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		labProc.Process.Signal(syscall.SIGTERM)
-		labProc.Wait()
-	}()
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if p, ok := strings.CutPrefix(sc.Text(), "lab ready: "); ok {
-				ready <- p
-			}
-		}
-	}()
-	var profilePath string
-	select {
-	case profilePath = <-ready:
-	case <-time.After(60 * time.Second):
-		t.Fatal("certkit lab up did not become ready within 60 s")
-	}
-	profile, err := lab.Load(profilePath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	profilePath, profile := labUp(t)
 	token, err := profile.Arrays[0].Control.ResolveToken()
 	if err != nil {
 		t.Fatal(err)
@@ -155,35 +119,10 @@ func TestBundleHoldsNoLabSecret(t *testing.T) {
 	}
 
 	bundlePath := filepath.Join(t.TempDir(), "lab.tgz")
-	run := exec.Command(certkitBin, "run", "--lab", profilePath, "--bundle", bundlePath)
-	var out bytes.Buffer
-	run.Stdout, run.Stderr = &out, &out
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	arr := control.NewClient(profile.Arrays[0].Control.URL, token)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	for {
-		faults, err := arr.Faults(ctx)
-		if err != nil {
-			run.Process.Kill()
-			t.Fatalf("asking the array for its faults: %v", err)
-		}
-		if len(faults) > 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			run.Process.Kill()
-			t.Fatalf("the run never injected a fault\n%s", out.String())
-		case <-time.After(profile.Timings.PollInterval.Duration):
-		}
-	}
-	run.Process.Signal(syscall.SIGINT)
-	run.Wait()
+	stdout, stderr, _ := interruptAfterFault(t, profile, "run", "--lab", profilePath, "--bundle", bundlePath)
+	out := stdout + stderr
 	if _, verr, code := certkit(t, "bundle", "verify", bundlePath); code != 0 {
-		t.Fatalf("the interrupted run's bundle does not verify: exit %d: %s\n%s", code, verr, out.String())
+		t.Fatalf("the interrupted run's bundle does not verify: exit %d: %s\n%s", code, verr, out)
 	}
 
 	data := decompressed(t, bundlePath)

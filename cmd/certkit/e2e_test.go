@@ -186,11 +186,12 @@ func forgePass(t *testing.T, path string) string {
 	return forged
 }
 
-func TestCtrlCRevertsTheInjectedFault(t *testing.T) {
-	// The lab runs in its own process so it outlives the interrupted run
-	// and the array can be asked what faults it still has.
-	dir := t.TempDir()
-	labProc := exec.Command(certkitBin, "lab", "up", "--dir", dir)
+// labUp runs `certkit lab up` in its own process, so the lab outlives a
+// run that is interrupted, and returns its profile; the lab stops when the
+// test ends.
+func labUp(t *testing.T) (string, *lab.Profile) {
+	t.Helper()
+	labProc := exec.Command(certkitBin, "lab", "up", "--dir", t.TempDir())
 	stdout, err := labProc.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -199,10 +200,10 @@ func TestCtrlCRevertsTheInjectedFault(t *testing.T) {
 	if err := labProc.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		_ = labProc.Process.Signal(syscall.SIGTERM)
 		_ = labProc.Wait()
-	}()
+	})
 	ready := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -222,10 +223,25 @@ func TestCtrlCRevertsTheInjectedFault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	token, _ := profile.Arrays[0].Control.ResolveToken()
-	arr := control.NewClient(profile.Arrays[0].Control.URL, token)
+	return profilePath, profile
+}
 
-	run := exec.Command(certkitBin, "run", "--lab", profilePath, "--out", t.TempDir())
+// arrayOf is a control client of the lab's first array.
+func arrayOf(t *testing.T, profile *lab.Profile) *control.Client {
+	t.Helper()
+	token, err := profile.Arrays[0].Control.ResolveToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return control.NewClient(profile.Arrays[0].Control.URL, token)
+}
+
+// interruptAfterFault runs certkit with args, sends it SIGINT as soon as
+// the lab's array reports an injected fault, and returns how it ended.
+func interruptAfterFault(t *testing.T, profile *lab.Profile, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	arr := arrayOf(t, profile)
+	run := exec.Command(certkitBin, args...)
 	var out, errOut bytes.Buffer
 	run.Stdout, run.Stderr = &out, &errOut
 	if err := run.Start(); err != nil {
@@ -236,6 +252,7 @@ func TestCtrlCRevertsTheInjectedFault(t *testing.T) {
 	for {
 		faults, err := arr.Faults(ctx)
 		if err != nil {
+			_ = run.Process.Kill()
 			t.Fatalf("asking the array for its faults: %v", err)
 		}
 		if len(faults) > 0 {
@@ -252,9 +269,16 @@ func TestCtrlCRevertsTheInjectedFault(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = run.Wait()
+	return out.String(), errOut.String(), err
+}
+
+func TestCtrlCRevertsTheInjectedFault(t *testing.T) {
+	profilePath, profile := labUp(t)
+	arr := arrayOf(t, profile)
+	out, errOut, err := interruptAfterFault(t, profile, "run", "--lab", profilePath, "--out", t.TempDir())
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
-		t.Fatalf("interrupted run: %v, want exit 130\nstdout:\n%s\nstderr:\n%s", err, out.String(), errOut.String())
+		t.Fatalf("interrupted run: %v, want exit 130\nstdout:\n%s\nstderr:\n%s", err, out, errOut)
 	}
 	faults, err := arr.Faults(context.Background())
 	if err != nil {
@@ -263,7 +287,7 @@ func TestCtrlCRevertsTheInjectedFault(t *testing.T) {
 	if len(faults) != 0 {
 		t.Fatalf("faults still active on the array after Ctrl-C: %+v", faults)
 	}
-	bundlePath := lastLine(out.String())
+	bundlePath := lastLine(out)
 	if _, verr, code := certkit(t, "bundle", "verify", bundlePath); code != 0 {
 		t.Fatalf("the interrupted run's bundle does not verify: %s", verr)
 	}
