@@ -217,9 +217,7 @@ func (h *handler) setALUA(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req setALUARequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil || req.State == "" {
+	if err := decodeBody(w, r, &req); err != nil || req.State == "" {
 		writeError(w, http.StatusBadRequest, `set ALUA: send {"state": "AO|ANO|standby|unavailable|transitioning"}`)
 		return
 	}
