@@ -74,6 +74,12 @@ func (r *Reader) loop(ctx context.Context, sh Shell, cfg Config) {
 		res, err := sh.Shell(ioctx, cmd)
 		cancel()
 		s.End = time.Now()
+		if res != nil {
+			// The command log records the shell's own times; a sample must
+			// carry the same ones, or a judge replaying the log could pick
+			// a different read as the first one after an event.
+			s.Start, s.End = res.Start, res.End
+		}
 		if ctx.Err() != nil {
 			return // stopped mid-I/O: not a sample of the device's behaviour
 		}

@@ -14,17 +14,22 @@ import (
 // scriptedShell answers dd like busybox on a host whose device fails the
 // reads listed in failAt (by call number).
 type scriptedShell struct {
-	mu     sync.Mutex
-	calls  []string
-	failAt map[int]bool
+	mu      sync.Mutex
+	calls   []string
+	results []*esxcli.Result
+	failAt  map[int]bool
 }
 
 func (s *scriptedShell) Shell(_ context.Context, cmd string) (*esxcli.Result, error) {
 	s.mu.Lock()
 	n := len(s.calls)
 	s.calls = append(s.calls, cmd)
+	// Like the real client, the result carries the times the command log
+	// will show.
+	r := &esxcli.Result{Command: cmd, Start: time.Now()}
+	r.End = r.Start.Add(time.Microsecond)
+	s.results = append(s.results, r)
 	s.mu.Unlock()
-	r := &esxcli.Result{Command: cmd}
 	if s.failAt[n] {
 		r.ExitCode = 1
 		r.Stderr = "dd: /vmfs/devices/disks/naa.1: Input/output error\n"
@@ -59,8 +64,9 @@ func TestReaderCyclesBlocksAndRecordsWhatTheHostSaid(t *testing.T) {
 		if i != 2 && !s.OK {
 			t.Fatalf("read %d failed: %+v", i, s)
 		}
-		if s.End.Before(s.Start) {
-			t.Fatalf("read %d ends before it starts", i)
+		if rec := sh.results[i]; !s.Start.Equal(rec.Start) || !s.End.Equal(rec.End) {
+			t.Fatalf("read %d spans %v..%v, but the command log records %v..%v: a replay would judge other times",
+				i, s.Start, s.End, rec.Start, rec.End)
 		}
 	}
 	for i, want := range []string{"skip=0", "skip=1", "skip=2", "skip=0"} {

@@ -52,6 +52,28 @@ type Evidence struct {
 	WorkingPathsAfter []string `json:"working_paths_after"`
 }
 
+// wallClock returns a copy of e whose times carry no monotonic clock
+// reading. Times decoded from a bundle have none, and time.Time compares
+// and subtracts by the monotonic reading when both sides have one: judging
+// live evidence on the wall clock too is what makes a replay give the same
+// verdict and measurements, to the nanosecond.
+func (e Evidence) wallClock() Evidence {
+	e.InjectedAt, e.RevertedAt = e.InjectedAt.Round(0), e.RevertedAt.Round(0)
+	samples := make([]observe.PathSample, len(e.Samples))
+	for i, s := range e.Samples {
+		s.At, s.Sent = s.At.Round(0), s.Sent.Round(0)
+		samples[i] = s
+	}
+	e.Samples = samples
+	io := make([]workload.Sample, len(e.IO))
+	for i, s := range e.IO {
+		s.Start, s.End = s.Start.Round(0), s.End.Round(0)
+		io[i] = s
+	}
+	e.IO = io
+	return e
+}
+
 // Verdict is the judgement of one run, with its measurements.
 type Verdict struct {
 	Failures []string
@@ -92,6 +114,7 @@ func (v *Verdict) failf(format string, args ...any) {
 
 // Judge derives the verdict from the evidence. It is a pure function.
 func Judge(e Evidence) Verdict {
+	e = e.wallClock()
 	v := Verdict{IOResumeSeconds: -1, RestoreSeconds: -1}
 	all := append([]string{e.FaultPath}, e.OtherPaths...)
 

@@ -1,6 +1,8 @@
 package failover
 
 import (
+	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -100,5 +102,33 @@ func setFaultState(e *Evidence, from, to float64, state string) {
 		if !s.At.Before(at(from)) && s.At.Before(at(to)) {
 			s.States[e.FaultPath] = state
 		}
+	}
+}
+
+// A replay judges evidence decoded from the bundle; the live run must judge
+// the same instants the same way, or the replay reports a verdict it did not
+// reach: the run's clock readings must not change the outcome.
+func TestJudgeGivesTheSameVerdictLiveAndFromTheBundle(t *testing.T) {
+	live := healthy()
+	now := time.Now() // carries a monotonic reading, as live evidence does
+	shift := func(tm time.Time) time.Time { return now.Add(tm.Sub(t0)) }
+	live.InjectedAt, live.RevertedAt = shift(live.InjectedAt), shift(live.RevertedAt)
+	for i := range live.Samples {
+		live.Samples[i].At = shift(live.Samples[i].At)
+	}
+	for i := range live.IO {
+		live.IO[i].Start, live.IO[i].End = shift(live.IO[i].Start), shift(live.IO[i].End)
+	}
+	data, err := json.Marshal(live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var decoded Evidence
+	if err := json.Unmarshal(data, &decoded); err != nil {
+		t.Fatal(err)
+	}
+	a, b := Judge(live), Judge(decoded)
+	if !reflect.DeepEqual(a, b) {
+		t.Fatalf("live verdict %+v, from the bundle %+v", a, b)
 	}
 }
