@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"runtime/debug"
 	"slices"
 	"sort"
@@ -44,6 +45,13 @@ type Options struct {
 	// AllowShrink lets ResizeLUN make a LUN smaller (losing the data past
 	// its new end); by default LUNs only grow.
 	AllowShrink bool
+
+	// ProxyOverTCP makes each fault proxy dial its portal over loopback TCP
+	// instead of handing the host's connection to the front end in memory.
+	// Faults act the same either way (the host's side is TCP in both); the
+	// in-memory join is the default because it costs a fraction of the
+	// second TCP hop (targets/BENCH.md). Benchmarks set it to compare.
+	ProxyOverTCP bool
 }
 
 // Array is a running array.
@@ -159,7 +167,12 @@ func StartWith(ctx context.Context, cfg Config, opt Options) (res *Array, err er
 			p := a.portals[k]
 			p.listen = addrs[k]
 			if pc.Proxy != "" {
-				if p.proxy, err = faultproxy.Listen(pc.Proxy, p.listen); err != nil {
+				popt := faultproxy.Options{Logf: logf}
+				if !opt.ProxyOverTCP {
+					fe, k := a.fe, k
+					popt.Serve = func(c net.Conn) error { return fe.ServeConn(k, c) }
+				}
+				if p.proxy, err = faultproxy.ListenWith(pc.Proxy, p.listen, popt); err != nil {
 					return nil, fmt.Errorf("controllers[%d].portals[%d].proxy %s: %w", i, j, pc.Proxy, err)
 				}
 				if err := a.fe.Advertise(k, p.proxy.Addr()); err != nil {

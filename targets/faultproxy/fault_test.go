@@ -4,8 +4,11 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/certkit/certkit/iscsi"
 )
 
 func TestFaultValidationNamesTheFieldAndTheFix(t *testing.T) {
@@ -134,61 +137,66 @@ func TestDecodeLUN(t *testing.T) {
 }
 
 func TestLatencyDelaysBulkStreamsAndKeepsThemIntact(t *testing.T) {
-	const d = 100 * time.Millisecond
-	u := startPortal(t)
-	p := listen(t, u.ln.Addr().String())
-	host, array := connect(t, p, u)
-	if _, err := p.InjectFault(Fault{Kind: Latency, Params: Params{Delay: d}}); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	send(t, host, []byte("hello"))
-	expect(t, array, []byte("hello"))
-	if took := time.Since(start); took < d {
-		t.Fatalf("5 bytes crossed in %v under %v of latency", took, d)
-	}
-
-	// Large streams both ways at once cross intact; latency costs about
-	// the delay once, not once per chunk.
-	up, down := random(t, 4<<20), random(t, 4<<20)
-	errc := make(chan error, 2)
-	start = time.Now()
-	go func() { _, err := host.Write(up); errc <- err }()
-	go func() { _, err := array.Write(down); errc <- err }()
-	expect(t, array, up)
-	expect(t, host, down)
-	for range 2 {
-		if err := <-errc; err != nil {
+	eachMode(t, func(t *testing.T, mode string) {
+		const d = 100 * time.Millisecond
+		u := startPortal(t)
+		p := listenTo(t, mode, u, Options{})
+		host, array := connect(t, p, u)
+		if _, err := p.InjectFault(Fault{Kind: Latency, Params: Params{Delay: d}}); err != nil {
 			t.Fatal(err)
 		}
-	}
-	took := time.Since(start)
-	t.Logf("4 MiB each way under %v of latency: %v", d, took)
-	if took < d {
-		t.Fatalf("bulk crossed in %v, under the delay", took)
-	}
+		start := time.Now()
+		send(t, host, []byte("hello"))
+		expect(t, array, []byte("hello"))
+		if took := time.Since(start); took < d {
+			t.Fatalf("5 bytes crossed in %v under %v of latency", took, d)
+		}
 
-	// A half-close waits behind the bytes before it.
-	send(t, host, []byte("bye"))
-	host.(*net.TCPConn).CloseWrite()
-	expect(t, array, []byte("bye"))
-	array.SetReadDeadline(time.Now().Add(settle))
-	if n, err := array.Read(make([]byte, 1)); n != 0 || err == nil {
-		t.Fatalf("after the host's half-close: %d bytes, %v; want EOF", n, err)
-	}
+		// Large streams both ways at once cross intact; latency costs about
+		// the delay once, not once per chunk.
+		up, down := random(t, 4<<20), random(t, 4<<20)
+		errc := make(chan error, 2)
+		start = time.Now()
+		go func() { _, err := host.Write(up); errc <- err }()
+		go func() { _, err := array.Write(down); errc <- err }()
+		expect(t, array, up)
+		expect(t, host, down)
+		for range 2 {
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+		}
+		took := time.Since(start)
+		t.Logf("4 MiB each way under %v of latency: %v", d, took)
+		if took < d {
+			t.Fatalf("bulk crossed in %v, under the delay", took)
+		}
+
+		// A half-close waits behind the bytes before it.
+		send(t, host, []byte("bye"))
+		host.(*net.TCPConn).CloseWrite()
+		expect(t, array, []byte("bye"))
+		array.SetReadDeadline(time.Now().Add(settle))
+		if n, err := array.Read(make([]byte, 1)); n != 0 || err == nil {
+			t.Fatalf("after the host's half-close: %d bytes, %v; want EOF", n, err)
+		}
+	})
 }
 
 func TestISCSIAwareFaultsPassOtherProtocolsIntact(t *testing.T) {
+	eachMode(t, testISCSIAwareFaultsPassOtherProtocolsIntact)
+}
+
+func testISCSIAwareFaultsPassOtherProtocolsIntact(t *testing.T, mode string) {
 	for _, f := range []Fault{{Kind: DropNOPIn}, {Kind: FailOpcode, Params: Params{Opcode: Opcode(0), Sense: Sense{Key: 5}}}} {
 		u := startPortal(t)
+		var mu sync.Mutex
 		var logs []string
-		p, err := ListenWith("127.0.0.1:0", u.ln.Addr().String(), Options{Logf: func(format string, args ...any) {
+		p := listenTo(t, mode, u, Options{Logf: func(format string, args ...any) {
+			mu.Lock()
+			defer mu.Unlock()
 			logs = append(logs, format)
 		}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { p.Close() })
 		if _, err := p.InjectFault(f); err != nil {
 			t.Fatal(err)
 		}
@@ -201,8 +209,122 @@ func TestISCSIAwareFaultsPassOtherProtocolsIntact(t *testing.T) {
 		go array.Write(bulk)
 		expect(t, host, bulk)
 		p.Close()
-		if len(logs) != 2 {
-			t.Errorf("%v: %d log lines, want one per direction saying it forwards unparsed", f, len(logs))
+		mu.Lock()
+		n := len(logs)
+		mu.Unlock()
+		if n != 2 {
+			t.Errorf("%v: %d log lines, want one per direction saying it forwards unparsed", f, n)
 		}
 	}
+}
+
+// writeBatch writes PDUs the way certkit's front end does: headers and
+// data segments as separate buffers of one net.Buffers, through
+// WriteBuffers on an in-memory connection.
+func writeBatch(t *testing.T, c net.Conn, pdus ...[]byte) {
+	t.Helper()
+	var v net.Buffers
+	for _, p := range pdus {
+		v = append(v, p[:iscsi.BHSLen])
+		if len(p) > iscsi.BHSLen {
+			v = append(v, p[iscsi.BHSLen:])
+		}
+	}
+	c.SetWriteDeadline(time.Now().Add(settle))
+	defer c.SetWriteDeadline(time.Time{})
+	var err error
+	if bw, ok := c.(interface {
+		WriteBuffers(*net.Buffers) (int64, error)
+	}); ok {
+		_, err = bw.WriteBuffers(&v)
+	} else {
+		_, err = v.WriteTo(c)
+	}
+	if err != nil {
+		t.Fatalf("array's write: %v", err)
+	}
+}
+
+// recvPDU reads one PDU (no digests) within settle.
+func recvPDU(t *testing.T, c net.Conn) *iscsi.PDU {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(settle))
+	defer c.SetReadDeadline(time.Time{})
+	p, err := iscsi.ReadPDU(c, iscsi.Framing{MaxDataSegment: 1 << 20})
+	if err != nil {
+		t.Fatalf("read a PDU from %s: %v", c.RemoteAddr(), err)
+	}
+	return p
+}
+
+// The iSCSI-aware faults and a one-way blackhole act the same on an array
+// dialled over TCP and on one in memory, whose batched writes the proxy
+// forwards from the array's own goroutine while nothing is queued.
+func TestISCSIFaultsActTheSameOnEveryPath(t *testing.T) {
+	eachMode(t, func(t *testing.T, mode string) {
+		u := startPortal(t)
+		p := listenTo(t, mode, u, Options{Logf: t.Logf})
+		host, array := connect(t, p, u)
+		inject := func(f Fault) {
+			t.Helper()
+			if _, err := p.InjectFault(f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		revert := func() {
+			t.Helper()
+			if _, err := p.Revert(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		none := iscsi.Digests{}
+		req := wire(t, none, login(iscsi.OpLoginReq, true, "HeaderDigest=None", "DataDigest=None"))
+		send(t, host, req)
+		expect(t, array, req)
+		writeBatch(t, array, wire(t, none, login(iscsi.OpLoginResp, true, "HeaderDigest=None", "DataDigest=None")))
+		recvPDU(t, host)
+
+		data := random(t, 4096)
+		read := wire(t, none, dataIn(1, data, true, 2))
+		writeBatch(t, array, read)
+		expect(t, host, read)
+
+		inject(Fault{Kind: DropNOPIn})
+		writeBatch(t, array, wire(t, none, nopIn(5, iscsi.ReservedTag, []byte("pong"))), read, wire(t, none, nopIn(iscsi.ReservedTag, 6, nil)))
+		expect(t, host, read)
+		revert()
+		ping := wire(t, none, nopIn(5, iscsi.ReservedTag, []byte("pong")))
+		writeBatch(t, array, ping)
+		expect(t, host, ping)
+
+		inject(Fault{Kind: FailOpcode, Params: Params{Opcode: Opcode(0x28), Sense: Sense{Key: 5, ASC: 0x25}}})
+		cmd := wire(t, none, scsiCmd(7, 0x28, 0))
+		send(t, host, cmd)
+		expect(t, array, cmd)
+		writeBatch(t, array, wire(t, none, dataIn(7, data, true, 9)))
+		checkCondition(t, recvPDU(t, host), 7, 9, 0, Sense{Key: 5, ASC: 0x25})
+		revert()
+
+		inject(Fault{Kind: DelayOpcode, Params: Params{Opcode: Opcode(0x28), Delay: quiet}})
+		cmds := wire(t, none, scsiCmd(8, 0x28, 0), scsiCmd(9, 0x00, 0))
+		send(t, host, cmds)
+		expect(t, array, cmds)
+		start := time.Now()
+		held, tur := wire(t, none, dataIn(8, data, true, 10)), wire(t, none, scsiResp(9, 11))
+		writeBatch(t, array, held, tur)
+		expect(t, host, tur)
+		expect(t, host, held)
+		if took := time.Since(start); took < quiet {
+			t.Errorf("READ's answer held %v, want at least %v", took, quiet)
+		}
+		revert()
+
+		inject(Fault{Kind: Blackhole, Direction: Out})
+		writeBatch(t, array, read, ping)
+		silent(t, host)
+		send(t, host, cmd)
+		expect(t, array, cmd)
+		revert()
+		expect(t, host, append(append([]byte(nil), read...), ping...))
+	})
 }

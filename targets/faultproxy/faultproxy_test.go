@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,10 +25,14 @@ const (
 	quiet = 150 * time.Millisecond
 )
 
-// portal is a test upstream that hands every accepted connection to the test.
+// portal is a test upstream that hands every connection it gets to the
+// test: accepted on its TCP listener, or served in memory (Options.Serve).
 type portal struct {
 	ln    net.Listener
 	conns chan net.Conn
+
+	mu  sync.Mutex
+	got []net.Conn
 }
 
 func startPortal(t *testing.T) *portal {
@@ -36,7 +42,6 @@ func startPortal(t *testing.T) *portal {
 		t.Fatal(err)
 	}
 	u := &portal{ln: ln, conns: make(chan net.Conn, 16)}
-	var accepted []net.Conn
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -45,18 +50,56 @@ func startPortal(t *testing.T) *portal {
 			if err != nil {
 				return
 			}
-			accepted = append(accepted, c)
-			u.conns <- c
+			u.serve(c)
 		}
 	}()
 	t.Cleanup(func() {
 		ln.Close()
 		<-done
-		for _, c := range accepted {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		for _, c := range u.got {
 			c.Close()
 		}
 	})
 	return u
+}
+
+// serve hands c to the test; it is the portal's Options.Serve.
+func (u *portal) serve(c net.Conn) error {
+	u.mu.Lock()
+	u.got = append(u.got, c)
+	u.mu.Unlock()
+	u.conns <- c
+	return nil
+}
+
+// The two ways the proxy reaches the array: dialling its portal over TCP,
+// and in memory when the array is in the proxy's process (Options.Serve).
+// The tests of forwarding and of path faults run in both.
+const (
+	viaTCP    = "tcp"
+	viaMemory = "memory"
+)
+
+func eachMode(t *testing.T, test func(t *testing.T, mode string)) {
+	for _, mode := range []string{viaTCP, viaMemory} {
+		t.Run(mode, func(t *testing.T) { test(t, mode) })
+	}
+}
+
+// listenTo starts a proxy in front of u that reaches it the mode's way.
+func listenTo(t *testing.T, mode string, u *portal, opt Options) *Proxy {
+	t.Helper()
+	if mode == viaMemory {
+		opt.Serve = u.serve
+	}
+	p, err := ListenWith("127.0.0.1:0", u.ln.Addr().String(), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
 }
 
 // next is the next connection the portal accepted.
@@ -183,186 +226,198 @@ func random(t *testing.T, n int) []byte {
 }
 
 func TestForwardsBothWaysIntact(t *testing.T) {
-	u := startPortal(t)
-	p := listen(t, u.ln.Addr().String())
-	host, array := connect(t, p, u)
+	eachMode(t, func(t *testing.T, mode string) {
+		u := startPortal(t)
+		p := listenTo(t, mode, u, Options{})
+		host, array := connect(t, p, u)
 
-	send(t, host, []byte("login"))
-	expect(t, array, []byte("login"))
-	send(t, array, []byte("login ok"))
-	expect(t, host, []byte("login ok"))
+		send(t, host, []byte("login"))
+		expect(t, array, []byte("login"))
+		send(t, array, []byte("login ok"))
+		expect(t, host, []byte("login ok"))
 
-	// Large streams both ways at once, more than any socket buffer holds.
-	up, down := random(t, 4<<20), random(t, 4<<20)
-	errc := make(chan error, 2)
-	go func() { _, err := host.Write(up); errc <- err }()
-	go func() { _, err := array.Write(down); errc <- err }()
-	expect(t, array, up)
-	expect(t, host, down)
-	for range 2 {
-		if err := <-errc; err != nil {
-			t.Fatal(err)
+		// Large streams both ways at once, more than any socket buffer holds.
+		up, down := random(t, 4<<20), random(t, 4<<20)
+		errc := make(chan error, 2)
+		go func() { _, err := host.Write(up); errc <- err }()
+		go func() { _, err := array.Write(down); errc <- err }()
+		expect(t, array, up)
+		expect(t, host, down)
+		for range 2 {
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	if p.Fault() != "" {
-		t.Fatalf("Fault() = %q with no fault injected", p.Fault())
-	}
+		if p.Fault() != "" {
+			t.Fatalf("Fault() = %q with no fault injected", p.Fault())
+		}
+	})
 }
 
 func TestHalfCloseIsPassedOn(t *testing.T) {
-	u := startPortal(t)
-	p := listen(t, u.ln.Addr().String())
-	host, array := connect(t, p, u)
+	eachMode(t, func(t *testing.T, mode string) {
+		u := startPortal(t)
+		p := listenTo(t, mode, u, Options{})
+		host, array := connect(t, p, u)
 
-	send(t, host, []byte("bye"))
-	host.(*net.TCPConn).CloseWrite()
-	expect(t, array, []byte("bye"))
-	array.SetReadDeadline(time.Now().Add(settle))
-	if n, err := array.Read(make([]byte, 1)); err != io.EOF {
-		t.Fatalf("array side after host's half-close: %d bytes, %v; want EOF", n, err)
-	}
-	send(t, array, []byte("last words"))
-	expect(t, host, []byte("last words"))
+		send(t, host, []byte("bye"))
+		host.(*net.TCPConn).CloseWrite()
+		expect(t, array, []byte("bye"))
+		array.SetReadDeadline(time.Now().Add(settle))
+		if n, err := array.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("array side after host's half-close: %d bytes, %v; want EOF", n, err)
+		}
+		send(t, array, []byte("last words"))
+		expect(t, host, []byte("last words"))
+	})
 }
 
 func TestBlackholeHoldsEveryConnectionAndRevertDeliversStreamsInOrder(t *testing.T) {
-	u := startPortal(t)
-	p := listen(t, u.ln.Addr().String())
-	host, array := connect(t, p, u)
-	send(t, host, []byte("before;"))
-	expect(t, array, []byte("before;"))
+	eachMode(t, func(t *testing.T, mode string) {
+		u := startPortal(t)
+		p := listenTo(t, mode, u, Options{})
+		host, array := connect(t, p, u)
+		send(t, host, []byte("before;"))
+		expect(t, array, []byte("before;"))
 
-	injected, err := p.Inject(Blackhole)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.Fault() != Blackhole {
-		t.Fatalf("Fault() = %q after Inject(Blackhole)", p.Fault())
-	}
+		injected, err := p.Inject(Blackhole)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Fault() != Blackhole {
+			t.Fatalf("Fault() = %q after Inject(Blackhole)", p.Fault())
+		}
 
-	// Both directions go silent; the connection stays open.
-	send(t, host, []byte("during;"))
-	send(t, array, []byte("reply;"))
-	silent(t, array)
-	silent(t, host)
+		// Both directions go silent; the connection stays open.
+		send(t, host, []byte("during;"))
+		send(t, array, []byte("reply;"))
+		silent(t, array)
+		silent(t, host)
 
-	// A new connection is accepted but never reaches the array.
-	late := dial(t, p.Addr())
-	send(t, late, []byte("new session"))
-	u.noneWithin(t, quiet)
-	silent(t, late)
+		// A new connection is accepted but never reaches the array.
+		late := dial(t, p.Addr())
+		send(t, late, []byte("new session"))
+		u.noneWithin(t, quiet)
+		silent(t, late)
 
-	// More than the kernel buffers hold: the host's writer blocks, as it
-	// would on a real dead path.
-	bulk := random(t, 8<<20)
-	written := make(chan error, 1)
-	go func() { _, err := host.Write(bulk); written <- err }()
+		// More than the kernel buffers hold: the host's writer blocks, as it
+		// would on a real dead path.
+		bulk := random(t, 8<<20)
+		written := make(chan error, 1)
+		go func() { _, err := host.Write(bulk); written <- err }()
 
-	reverted, err := p.Revert()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reverted.After(injected) {
-		t.Fatalf("Revert took effect at %v, not after Inject at %v", reverted, injected)
-	}
-	if p.Fault() != "" {
-		t.Fatalf("Fault() = %q after Revert", p.Fault())
-	}
+		reverted, err := p.Revert()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reverted.After(injected) {
+			t.Fatalf("Revert took effect at %v, not after Inject at %v", reverted, injected)
+		}
+		if p.Fault() != "" {
+			t.Fatalf("Fault() = %q after Revert", p.Fault())
+		}
 
-	expect(t, array, append([]byte("during;"), bulk...))
-	expect(t, host, []byte("reply;"))
-	if err := <-written; err != nil {
-		t.Fatalf("host write across the blackhole: %v", err)
-	}
-	lateArray := u.next(t)
-	expect(t, lateArray, []byte("new session"))
-	send(t, lateArray, []byte("welcome"))
-	expect(t, late, []byte("welcome"))
+		expect(t, array, append([]byte("during;"), bulk...))
+		expect(t, host, []byte("reply;"))
+		if err := <-written; err != nil {
+			t.Fatalf("host write across the blackhole: %v", err)
+		}
+		lateArray := u.next(t)
+		expect(t, lateArray, []byte("new session"))
+		send(t, lateArray, []byte("welcome"))
+		expect(t, late, []byte("welcome"))
+	})
 }
 
 func TestBlackholeCanBeInjectedAgainAfterRevert(t *testing.T) {
-	u := startPortal(t)
-	p := listen(t, u.ln.Addr().String())
-	host, array := connect(t, p, u)
-	for i := range 3 {
-		if _, err := p.Inject(Blackhole); err != nil {
-			t.Fatalf("round %d: %v", i, err)
+	eachMode(t, func(t *testing.T, mode string) {
+		u := startPortal(t)
+		p := listenTo(t, mode, u, Options{})
+		host, array := connect(t, p, u)
+		for i := range 3 {
+			if _, err := p.Inject(Blackhole); err != nil {
+				t.Fatalf("round %d: %v", i, err)
+			}
+			msg := []byte(strings.Repeat("x", i+1))
+			send(t, host, msg)
+			silent(t, array)
+			if _, err := p.Revert(); err != nil {
+				t.Fatalf("round %d: %v", i, err)
+			}
+			expect(t, array, msg)
 		}
-		msg := []byte(strings.Repeat("x", i+1))
-		send(t, host, msg)
-		silent(t, array)
-		if _, err := p.Revert(); err != nil {
-			t.Fatalf("round %d: %v", i, err)
-		}
-		expect(t, array, msg)
-	}
+	})
 }
 
 func TestOneWayBlackholeStopsOnlyItsDirection(t *testing.T) {
-	u := startPortal(t)
-	p := listen(t, u.ln.Addr().String())
-	host, array := connect(t, p, u)
+	eachMode(t, func(t *testing.T, mode string) {
+		u := startPortal(t)
+		p := listenTo(t, mode, u, Options{})
+		host, array := connect(t, p, u)
 
-	if _, err := p.Inject(BlackholeIn); err != nil {
-		t.Fatal(err)
-	}
-	send(t, host, []byte("command"))
-	send(t, array, []byte("data-in"))
-	expect(t, host, []byte("data-in"))
-	silent(t, array)
-	if _, err := p.Revert(); err != nil {
-		t.Fatal(err)
-	}
-	expect(t, array, []byte("command"))
+		if _, err := p.Inject(BlackholeIn); err != nil {
+			t.Fatal(err)
+		}
+		send(t, host, []byte("command"))
+		send(t, array, []byte("data-in"))
+		expect(t, host, []byte("data-in"))
+		silent(t, array)
+		if _, err := p.Revert(); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, array, []byte("command"))
 
-	if _, err := p.Inject(BlackholeOut); err != nil {
-		t.Fatal(err)
-	}
-	send(t, host, []byte("nop-out"))
-	send(t, array, []byte("nop-in"))
-	expect(t, array, []byte("nop-out"))
-	silent(t, host)
-	if _, err := p.Revert(); err != nil {
-		t.Fatal(err)
-	}
-	expect(t, host, []byte("nop-in"))
+		if _, err := p.Inject(BlackholeOut); err != nil {
+			t.Fatal(err)
+		}
+		send(t, host, []byte("nop-out"))
+		send(t, array, []byte("nop-in"))
+		expect(t, array, []byte("nop-out"))
+		silent(t, host)
+		if _, err := p.Revert(); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, host, []byte("nop-in"))
+	})
 }
 
 func TestResetSendsRSTToOpenAndNewConnections(t *testing.T) {
-	u := startPortal(t)
-	p := listen(t, u.ln.Addr().String())
-	host, array := connect(t, p, u)
-	send(t, host, []byte("io"))
-	expect(t, array, []byte("io"))
+	eachMode(t, func(t *testing.T, mode string) {
+		u := startPortal(t)
+		p := listenTo(t, mode, u, Options{})
+		host, array := connect(t, p, u)
+		send(t, host, []byte("io"))
+		expect(t, array, []byte("io"))
 
-	before := time.Now()
-	at, err := p.Inject(Reset)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if at.Before(before) || at.After(time.Now()) {
-		t.Fatalf("Inject(Reset) reports %v, outside the call", at)
-	}
-	expectReset(t, host)
+		before := time.Now()
+		at, err := p.Inject(Reset)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if at.Before(before) || at.After(time.Now()) {
+			t.Fatalf("Inject(Reset) reports %v, outside the call", at)
+		}
+		expectReset(t, host)
 
-	// The array's side is closed too.
-	array.SetReadDeadline(time.Now().Add(settle))
-	if _, err := io.ReadAll(array); err != nil && !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("array side after reset: %v; want the connection closed", err)
-	}
+		// The array's side is closed too.
+		array.SetReadDeadline(time.Now().Add(settle))
+		if _, err := io.ReadAll(array); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("array side after reset: %v; want the connection closed", err)
+		}
 
-	// While the fault is active every new connection is reset at once.
-	for range 2 {
-		expectDialReset(t, p.Addr())
-	}
-	u.noneWithin(t, quiet)
+		// While the fault is active every new connection is reset at once.
+		for range 2 {
+			expectDialReset(t, p.Addr())
+		}
+		u.noneWithin(t, quiet)
 
-	if _, err := p.Revert(); err != nil {
-		t.Fatal(err)
-	}
-	host, array = connect(t, p, u)
-	send(t, host, []byte("relogin"))
-	expect(t, array, []byte("relogin"))
+		if _, err := p.Revert(); err != nil {
+			t.Fatal(err)
+		}
+		host, array = connect(t, p, u)
+		send(t, host, []byte("relogin"))
+		expect(t, array, []byte("relogin"))
+	})
 }
 
 func TestUnreachableUpstreamResetsTheHost(t *testing.T) {
@@ -374,6 +429,57 @@ func TestUnreachableUpstreamResetsTheHost(t *testing.T) {
 	ln.Close()
 	p := listen(t, gone)
 	expectDialReset(t, p.Addr())
+}
+
+func TestArrayInMemoryRefusingResetsTheHost(t *testing.T) {
+	var logs []string
+	var mu sync.Mutex
+	p, err := ListenWith("127.0.0.1:0", "127.0.0.1:3260", Options{
+		Serve: func(c net.Conn) error { return errors.New("portal A0 is down") },
+		Logf: func(format string, args ...any) {
+			mu.Lock()
+			defer mu.Unlock()
+			logs = append(logs, fmt.Sprintf(format, args...))
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	expectDialReset(t, p.Addr())
+	mu.Lock()
+	defer mu.Unlock()
+	if len(logs) != 1 || !strings.Contains(logs[0], "portal A0 is down") {
+		t.Fatalf("logs %q: want one line with the array's reason", logs)
+	}
+}
+
+func TestArrayInMemorySeesTheHostsAddress(t *testing.T) {
+	u := startPortal(t)
+	p := listenTo(t, viaMemory, u, Options{})
+	host, array := connect(t, p, u)
+	if array.RemoteAddr().String() != host.LocalAddr().String() || array.LocalAddr().String() != p.Addr() {
+		t.Fatalf("array's end: local %v remote %v; want the proxy's %s and the host's %v", array.LocalAddr(), array.RemoteAddr(), p.Addr(), host.LocalAddr())
+	}
+}
+
+// An array in memory is not held up by a blackhole: its writes are taken
+// as a socket buffer would take them, and delivered after Revert.
+func TestArrayInMemoryWritesDuringBlackhole(t *testing.T) {
+	u := startPortal(t)
+	p := listenTo(t, viaMemory, u, Options{})
+	host, array := connect(t, p, u)
+	if _, err := p.Inject(Blackhole); err != nil {
+		t.Fatal(err)
+	}
+	bulk := random(t, 4<<20)
+	array.SetWriteDeadline(time.Now().Add(settle))
+	send(t, array, bulk)
+	silent(t, host)
+	if _, err := p.Revert(); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, host, bulk)
 }
 
 func TestOneFaultAtATime(t *testing.T) {
@@ -437,8 +543,16 @@ func proxyGoroutines() []string {
 }
 
 func TestCloseEndsConnectionsAndLeaksNothing(t *testing.T) {
+	eachMode(t, testCloseEndsConnectionsAndLeaksNothing)
+}
+
+func testCloseEndsConnectionsAndLeaksNothing(t *testing.T, mode string) {
 	u := startPortal(t)
-	p, err := Listen("127.0.0.1:0", u.ln.Addr().String())
+	opt := Options{}
+	if mode == viaMemory {
+		opt.Serve = u.serve
+	}
+	p, err := ListenWith("127.0.0.1:0", u.ln.Addr().String(), opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -479,63 +593,4 @@ func TestCloseEndsConnectionsAndLeaksNothing(t *testing.T) {
 		}
 		runtime.Gosched()
 	}
-}
-
-// echo is an upstream that writes back whatever it reads.
-func echo(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
-	return ln.Addr().String()
-}
-
-// BenchmarkThroughput compares an echo stream direct to the upstream with the
-// same stream through the proxy (MB/s counts bytes sent; each also returns).
-func BenchmarkThroughput(b *testing.B) {
-	const chunk = 128 << 10
-	target := echo(b)
-	run := func(b *testing.B, addr string) {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		msg := make([]byte, chunk)
-		b.SetBytes(chunk)
-		b.ResetTimer()
-		errc := make(chan error, 1)
-		go func() {
-			var err error
-			for i := 0; i < b.N && err == nil; i++ {
-				_, err = c.Write(msg)
-			}
-			errc <- err
-		}()
-		if _, err := io.CopyN(io.Discard, c, int64(b.N)*chunk); err != nil {
-			b.Fatal(err)
-		}
-		if err := <-errc; err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.Run("direct", func(b *testing.B) { run(b, target) })
-	b.Run("proxy", func(b *testing.B) {
-		p, err := Listen("127.0.0.1:0", target)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer p.Close()
-		run(b, p.Addr())
-	})
 }

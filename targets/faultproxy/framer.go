@@ -73,18 +73,28 @@ type keyNeg struct {
 }
 
 // connState is what both directions of one connection share: the login's
-// outcome and the tasks an opcode fault matched.
+// outcome and the tasks an opcode fault matched. The framers read the
+// login's outcome once per PDU, so it is one atomic word; the rest is
+// written only during login or while an opcode fault acts.
 type connState struct {
 	fault func() *Fault // the proxy's active fault, nil when none
 
-	mu      sync.Mutex
-	ffp     bool // full feature phase reached
-	digests iscsi.Digests
-	neg     [2]keyNeg // HeaderDigest, DataDigest
-	broken  bool      // a direction gave up during login: the other follows
-	marks   map[uint32]*mark
-	nmarks  atomic.Int32
+	// st holds the st* bits; written under mu, read without it.
+	st atomic.Uint32
+
+	mu     sync.Mutex
+	neg    [2]keyNeg // HeaderDigest, DataDigest
+	marks  map[uint32]*mark
+	nmarks atomic.Int32
 }
+
+// Bits of connState.st.
+const (
+	stFFP          = 1 << iota // full feature phase reached
+	stBroken                   // a direction gave up during login: the other follows
+	stHeaderDigest             // the login settled on HeaderDigest=CRC32C
+	stDataDigest               // ... and DataDigest=CRC32C
+)
 
 func newConnState(fault func() *Fault) *connState {
 	return &connState{fault: fault, marks: map[uint32]*mark{}}
@@ -114,9 +124,15 @@ func (cs *connState) keys(d dir, kv iscsi.Text) {
 func (cs *connState) enterFFP() iscsi.Digests {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	cs.ffp = true
-	cs.digests = iscsi.Digests{Header: cs.neg[0].on, Data: cs.neg[1].on}
-	return cs.digests
+	st := cs.st.Load() | stFFP
+	if cs.neg[0].on {
+		st |= stHeaderDigest
+	}
+	if cs.neg[1].on {
+		st |= stDataDigest
+	}
+	cs.st.Store(st)
+	return iscsi.Digests{Header: cs.neg[0].on, Data: cs.neg[1].on}
 }
 
 func digestName(on bool) string {
@@ -127,16 +143,15 @@ func digestName(on bool) string {
 }
 
 func (cs *connState) phase() (ffp bool, d iscsi.Digests, broken bool) {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	return cs.ffp, cs.digests, cs.broken
+	st := cs.st.Load()
+	return st&stFFP != 0, iscsi.Digests{Header: st&stHeaderDigest != 0, Data: st&stDataDigest != 0}, st&stBroken != 0
 }
 
 func (cs *connState) breakLogin() {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if !cs.ffp {
-		cs.broken = true
+	if st := cs.st.Load(); st&stFFP == 0 {
+		cs.st.Store(st | stBroken)
 	}
 }
 

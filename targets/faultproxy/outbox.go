@@ -13,9 +13,9 @@ import (
 // link's TCP window would.
 const maxQueued = 64 << 20
 
-// copyBelow: chunks shorter than this are copied when queued, so that many
-// small queued PDUs do not each pin a whole pump buffer.
-const copyBelow = 16 << 10
+// copyBelow: chunks shorter than this are copied when queued, so that
+// queued bytes pin at most twice their size in pump buffers.
+const copyBelow = bufSize / 2
 
 // outItem is a run of bytes to write at or after due.
 type outItem struct {
@@ -30,13 +30,24 @@ type outItem struct {
 
 // outbox writes one direction of a link in stream order. With nothing
 // queued and no delay the pump writes itself (the fast path, one write per
-// read); otherwise items wait in order for their due time and the link's
-// writer goroutine sends them. Held PDUs (delay-opcode) wait in a queue of
-// their own and go out between two PDUs of the main stream.
+// read; see fast); otherwise items wait in order for their due time and the
+// link's writer goroutine sends them. Held PDUs (delay-opcode) wait in a
+// queue of their own and go out between two PDUs of the main stream.
 type outbox struct {
 	l   *link
 	d   dir
-	dst *net.TCPConn // set before the pumps start
+	dst streamConn // set before the pumps start
+	mem *memConn   // dst, when it is an array in memory
+
+	// fast is set while nothing is queued, held or being written by the
+	// writer goroutine and no delay applies: the pump (or, from an array in
+	// memory, the array's Write; see link.forward) may then write to dst
+	// itself without taking mu. Only they queue, so fast stays true until
+	// they queue or a fault sets a delay; a chunk being written when a delay
+	// starts goes out undelayed, as if it had been written just before.
+	fast atomic.Bool
+	// mid: the bytes written so far end inside a PDU (a held PDU waits).
+	mid atomic.Bool
 
 	mu       sync.Mutex
 	wake     chan struct{} // cap 1: there is something new for the writer
@@ -47,13 +58,20 @@ type outbox struct {
 	held     []outItem
 	queued   int
 	busy     bool // a write is in progress
-	mid      bool // the bytes written so far end inside a PDU
 	finished bool // the input ended and everything is written
 	nheld    atomic.Int32
 }
 
 func newOutbox(l *link, d dir) *outbox {
-	return &outbox{l: l, d: d, wake: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+	o := &outbox{l: l, d: d, wake: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+	o.fast.Store(true)
+	return o
+}
+
+// refresh recomputes fast. Callers hold o.mu and call it after changing
+// what it depends on.
+func (o *outbox) refresh() {
+	o.fast.Store(!o.busy && o.delay == 0 && o.holdFor == 0 && len(o.main) == 0 && len(o.held) == 0)
 }
 
 func signal(c chan struct{}) {
@@ -70,6 +88,7 @@ func (o *outbox) setDelays(delay, holdFor time.Duration) {
 	defer o.mu.Unlock()
 	expedite := delay < o.delay || holdFor < o.holdFor
 	o.delay, o.holdFor = delay, holdFor
+	o.refresh()
 	if expedite {
 		now := time.Now()
 		for i := range o.main {
@@ -84,10 +103,17 @@ func (o *outbox) setDelays(delay, holdFor time.Duration) {
 	}
 }
 
+// open reports whether the pump may write itself without a lock: the
+// outbox is fast and the direction is not blackholed (then the writer
+// goroutine waits for Revert, and the pump goes on reading if it may).
+func (o *outbox) open() bool {
+	return o.fast.Load() && o.l.p.gates[o.d].Load() == nil
+}
+
 // direct reports whether the pump may write ps itself: nothing waits and
 // nothing is to wait. Callers hold o.mu.
 func (o *outbox) direct(ps []piece) bool {
-	if o.busy || o.delay > 0 || len(o.main) > 0 || len(o.held) > 0 {
+	if o.busy || o.delay > 0 || len(o.main) > 0 || len(o.held) > 0 || o.l.p.gates[o.d].Load() != nil {
 		return false
 	}
 	if o.holdFor > 0 {
@@ -118,16 +144,33 @@ func appendBufs(bufs [][]byte, ps []piece, chunk []byte) [][]byte {
 // bp from here. boundary says whether the output ends between two PDUs.
 // It fails once the link is gone.
 func (o *outbox) submit(bp *[]byte, ps []piece, chunk []byte, boundary bool, scratch *[][]byte) error {
+	if o.open() {
+		if o.mem != nil && len(ps) == 1 && ps[0].kind == pieceMain && ps[0].b == nil && ps[0].a == 0 && ps[0].z == len(chunk) {
+			// The chunk goes on unchanged (host to array it always
+			// does): hand the buffer over.
+			o.mid.Store(!boundary)
+			return o.l.hand(o.mem, o.d, bp, chunk)
+		}
+		*scratch = appendBufs((*scratch)[:0], ps, chunk)
+		err := o.l.write(o.dst, o.d, *scratch)
+		clear(*scratch)
+		bufPool.Put(bp)
+		o.mid.Store(!boundary)
+		return err
+	}
 	o.mu.Lock()
 	if o.direct(ps) {
 		o.busy = true
+		o.refresh()
 		o.mu.Unlock()
 		*scratch = appendBufs((*scratch)[:0], ps, chunk)
 		err := o.l.write(o.dst, o.d, *scratch)
 		clear(*scratch)
 		bufPool.Put(bp)
 		o.mu.Lock()
-		o.busy, o.mid = false, !boundary
+		o.busy = false
+		o.mid.Store(!boundary)
+		o.refresh()
 		o.mu.Unlock()
 		return err
 	}
@@ -144,6 +187,32 @@ func (o *outbox) submit(bp *[]byte, ps []piece, chunk []byte, boundary bool, scr
 		o.mu.Lock()
 	}
 	return nil
+}
+
+// submitLent is submit for a chunk lent by an array in memory (m's; see
+// memConn.borrow): the loan is given back once the chunk is written, or
+// copied to be queued.
+func (o *outbox) submitLent(m *memConn, ps []piece, chunk []byte, boundary bool, scratch *[][]byte) error {
+	if o.open() {
+		*scratch = appendBufs((*scratch)[:0], ps, chunk)
+		err := o.l.writeOrQueue(o.d, *scratch, boundary)
+		clear(*scratch)
+		m.release(len(chunk))
+		return err
+	}
+	// Something is queued or the direction is blackholed: queue a copy.
+	bp := bufPool.Get().(*[]byte)
+	n := copy(*bp, chunk)
+	m.release(len(chunk))
+	return o.submit(bp, ps, (*bp)[:n], boundary, scratch)
+}
+
+// queue queues b, the rest of a write a blackhole stopped, for the writer
+// goroutine; boundary says whether b ends between two PDUs.
+func (o *outbox) queue(b []byte, boundary bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.enqueue(nil, []piece{{kind: pieceMain, b: b}}, nil, boundary, false)
 }
 
 // enqueue queues ps in order. Callers hold o.mu.
@@ -202,6 +271,7 @@ func (o *outbox) enqueue(bp *[]byte, ps []piece, chunk []byte, boundary, eof boo
 		bufPool.Put(bp)
 	}
 	o.nheld.Store(int32(len(o.held)))
+	o.refresh()
 	signal(o.wake)
 }
 
@@ -211,6 +281,7 @@ func (o *outbox) finish(ps []piece, boundary bool, scratch *[][]byte) error {
 	o.mu.Lock()
 	if o.direct(ps) {
 		o.busy = true
+		o.refresh()
 		o.mu.Unlock()
 		*scratch = appendBufs((*scratch)[:0], ps, nil)
 		err := o.l.write(o.dst, o.d, *scratch)
@@ -219,6 +290,7 @@ func (o *outbox) finish(ps []piece, boundary bool, scratch *[][]byte) error {
 		}
 		o.mu.Lock()
 		o.busy, o.finished = false, true
+		o.refresh()
 		signal(o.wake)
 		o.mu.Unlock()
 		return err
@@ -232,7 +304,7 @@ func (o *outbox) finish(ps []piece, boundary bool, scratch *[][]byte) error {
 // two PDUs of the main stream, and before main items due no earlier.
 // Callers hold o.mu.
 func (o *outbox) next(now time.Time) (outItem, bool) {
-	if len(o.held) > 0 && !o.mid && !o.held[0].due.After(now) && (len(o.main) == 0 || !o.held[0].due.After(o.main[0].due)) {
+	if len(o.held) > 0 && !o.mid.Load() && !o.held[0].due.After(now) && (len(o.main) == 0 || !o.held[0].due.After(o.main[0].due)) {
 		it := o.held[0]
 		o.held = o.held[1:]
 		o.nheld.Store(int32(len(o.held)))
@@ -265,7 +337,7 @@ func (o *outbox) wait(now time.Time) time.Duration {
 	if has {
 		at = o.main[0].due
 	}
-	if len(o.held) > 0 && !o.mid && (!has || o.held[0].due.Before(at)) {
+	if len(o.held) > 0 && !o.mid.Load() && (!has || o.held[0].due.Before(at)) {
 		at, has = o.held[0].due, true
 	}
 	if !has {
@@ -295,6 +367,7 @@ func (o *outbox) run() {
 		}
 		if it, ok := o.next(time.Now()); ok {
 			o.busy = true
+			o.refresh()
 			o.mu.Unlock()
 			err := o.l.write(o.dst, o.d, it.bufs)
 			if err == nil && it.eof {
@@ -306,10 +379,11 @@ func (o *outbox) run() {
 			o.mu.Lock()
 			o.busy = false
 			if !it.held {
-				o.mid = !it.boundary
+				o.mid.Store(!it.boundary)
 			}
 			o.queued -= it.size
 			o.finished = o.finished || it.eof
+			o.refresh()
 			signal(o.space)
 			if err != nil {
 				o.release()
@@ -350,4 +424,5 @@ func (o *outbox) release() {
 	}
 	o.main, o.held, o.queued = nil, nil, 0
 	o.nheld.Store(0)
+	o.refresh()
 }

@@ -322,29 +322,53 @@ func (s *Server) accept(p *portal) {
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
 		}
-		if !p.admit(s.cfg.MaxConnections, s.cfg.MaxLogins) {
-			c.Close()
-			p.mu.Lock()
-			p.refused++
-			n := p.refused
-			p.mu.Unlock()
-			if n&(n-1) == 0 { // 1, 2, 4, 8, ...: a flood does not flood the log
-				s.logf("portal %s: refused %d connection(s) past the caps (%d open, %d in login)", p.ln.Addr(), n, s.cfg.MaxConnections, s.cfg.MaxLogins)
-			}
-			continue
-		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			c.Close()
-			p.leave(true)
+		if err := s.start(c, p); errors.Is(err, errServerClosed) {
 			return
 		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go s.serve(c, p)
 	}
+}
+
+var errServerClosed = errors.New("server closed")
+
+// start admits c on portal p (or closes it at the caps) and serves it.
+func (s *Server) start(c net.Conn, p *portal) error {
+	if !p.admit(s.cfg.MaxConnections, s.cfg.MaxLogins) {
+		c.Close()
+		p.mu.Lock()
+		p.refused++
+		n := p.refused
+		p.mu.Unlock()
+		if n&(n-1) == 0 { // 1, 2, 4, 8, ...: a flood does not flood the log
+			s.logf("portal %s: refused %d connection(s) past the caps (%d open, %d in login)", p.ln.Addr(), n, s.cfg.MaxConnections, s.cfg.MaxLogins)
+		}
+		return fmt.Errorf("frontend: target %s: portal %s: at its connection caps (%d open, %d in login)", s.cfg.TargetName, p.ln.Addr(), s.cfg.MaxConnections, s.cfg.MaxLogins)
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		c.Close()
+		p.leave(true)
+		return fmt.Errorf("frontend: target %s: %w", s.cfg.TargetName, errServerClosed)
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go s.serve(c, p)
+	return nil
+}
+
+// ServeConn serves c as a connection accepted on portal i (in Config.Portals
+// order): the same caps, login and session as one from the portal's
+// listener. A fault proxy in this process uses it to hand over connections
+// in memory instead of through the loopback stack. It returns at once; an
+// error (no such portal, caps reached, server closed) means c was closed
+// unserved.
+func (s *Server) ServeConn(i int, c net.Conn) error {
+	if i < 0 || i >= len(s.portals) {
+		c.Close()
+		return fmt.Errorf("frontend: target %s: no portal %d (have %d)", s.cfg.TargetName, i, len(s.portals))
+	}
+	return s.start(c, s.portals[i])
 }
 
 // admit counts a new connection in, or reports false when the portal is at

@@ -216,8 +216,21 @@ func (b *txBatch) add(o *txPDU, d iscsi.Digests) {
 	b.iov = append(b.iov, b.tail[ts:len(b.tail):len(b.tail)])
 }
 
+// buffersWriter is a connection that takes a batch in one call, as a TCP
+// connection does with writev; net.Buffers.WriteTo only finds that on the
+// net package's own types, so an in-memory connection (a fault proxy in
+// this process) offers it by this method.
+type buffersWriter interface {
+	WriteBuffers(*net.Buffers) (int64, error)
+}
+
 func (b *txBatch) writeTo(c net.Conn) error {
 	b.keep = b.iov
-	_, err := b.iov.WriteTo(c)
+	var err error
+	if w, ok := c.(buffersWriter); ok {
+		_, err = w.WriteBuffers(&b.iov)
+	} else {
+		_, err = b.iov.WriteTo(c)
+	}
 	return err
 }
