@@ -21,12 +21,21 @@ type Client struct {
 	base  string
 	token string
 	http  *http.Client
+	tls   bool // ClientTLS was given
+	// hasCert: ClientTLS gave a client certificate.
+	hasCert bool
 }
 
 // NewClient calls the control API at baseURL ("http://127.0.0.1:4321") with
-// token as its bearer token.
-func NewClient(baseURL, token string) *Client {
-	return &Client{base: strings.TrimRight(baseURL, "/"), token: token, http: &http.Client{}}
+// token as its bearer token. An array serving TLS needs an https:// URL and
+// ClientTLS; with mutual TLS the token may be empty if the array takes the
+// client certificate alone, and then no Authorization header is sent.
+func NewClient(baseURL, token string, opts ...ClientOption) *Client {
+	c := &Client{base: strings.TrimRight(baseURL, "/"), token: token, http: &http.Client{}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // URL is the array's control URL, as errors name it.
@@ -176,7 +185,13 @@ func (c *Client) do(ctx context.Context, op, method, path string, in any, want i
 	if err != nil {
 		return fmt.Errorf("array control at %s: %s: %w", c.base, op, err)
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
+	if c.tls && req.URL.Scheme != "https" {
+		// The TLS settings would go unused and the token out in the clear.
+		return fmt.Errorf("array control at %s: %s: the client has TLS settings but the URL is not https://; use the https:// URL the array prints", c.base, op)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	req.Header.Set("Accept", "application/json")
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -208,7 +223,7 @@ func (c *Client) transportError(op string, err error) error {
 	if errors.As(err, &uerr) {
 		err = uerr.Err
 	}
-	hint := ""
+	hint := tlsHint(err, c.hasCert)
 	if errors.Is(err, syscall.ECONNREFUSED) {
 		hint = " (is the array running and serving its control API at this address?)"
 	}
@@ -224,6 +239,8 @@ func (c *Client) apiError(op string, resp *http.Response, b []byte) error {
 	if json.Unmarshal(b, &body) == nil && body.Error != "" {
 		e.Message = body.Error
 		e.reverted = body.Reverted
+	} else if resp.StatusCode == http.StatusBadRequest && bytes.Contains(b, []byte("HTTP request to an HTTPS server")) {
+		e.Message = "the array serves HTTPS at this address: use its https:// control URL, with its CA certificate and, for mutual TLS, a client certificate and key"
 	} else {
 		const max = 200
 		if len(b) > max {

@@ -3,7 +3,14 @@
 // path faults, whether the array runs in-process, as a child process or on a
 // lab machine.
 //
-// Routes (all need "Authorization: Bearer <token>"):
+// Serve listens on loopback unless told otherwise (AllowRemote), over plain
+// HTTP or, with ServeTLS, over TLS 1.3; with client CAs in its TLS config
+// every client must present a certificate they signed (mutual TLS), and
+// the token is checked too when one is configured. docs/ARRAY-CONTROL.md
+// says which mode to use where.
+//
+// Routes (all need "Authorization: Bearer <token>", unless the array was
+// served with mutual TLS and no token):
 //
 //	GET    /v1/info          Info
 //	GET    /v1/faults        active faults, []FaultRecord

@@ -412,7 +412,7 @@ func TestServeBindsOnlyLoopbackUnlessAllowed(t *testing.T) {
 		}
 	}
 	for _, addr := range []string{"127.0.0.1:0", "127.1.2.3:0", "[::1]:0", "localhost:0"} {
-		if err := checkLoopback(addr); err != nil {
+		if err := checkLoopback(addr, false); err != nil {
 			t.Errorf("checkLoopback(%q): %v", addr, err)
 		}
 	}

@@ -3,6 +3,7 @@ package control
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,14 +22,30 @@ const maxRequestBody = 64 << 10
 type handler struct {
 	a         Array
 	tokenHash [sha256.Size]byte
-	noToken   bool
-	mux       *http.ServeMux
+	noToken   bool // refuse everything: no way to authenticate
+	// needCert: requests must have come with a verified client
+	// certificate (mutual TLS); certOnly: and that alone suffices.
+	needCert, certOnly bool
+	mux                *http.ServeMux
 }
 
 // NewHandler serves the control API of a, accepting only requests that carry
 // token as a bearer token. An empty token refuses every request (fail closed).
 func NewHandler(a Array, token string) http.Handler {
-	h := &handler{a: a, tokenHash: sha256.Sum256([]byte(token)), noToken: token == ""}
+	return newHandler(a, token, false)
+}
+
+// newHandler is NewHandler; with mutualTLS it also requires a verified
+// client certificate, which alone suffices when token is empty.
+func newHandler(a Array, token string, mutualTLS bool) http.Handler {
+	h := &handler{a: a, tokenHash: sha256.Sum256([]byte(token)), needCert: mutualTLS}
+	switch {
+	case token != "":
+	case mutualTLS:
+		h.certOnly = true
+	default:
+		h.noToken = true
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/info", h.info)
 	mux.HandleFunc("GET /v1/faults", h.faults)
@@ -61,6 +78,16 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	if h.noToken {
 		writeError(w, http.StatusInternalServerError, "array control has no token configured: restart the array with a control token")
+		return
+	}
+	// The TLS handshake verified the certificate already; this refuses
+	// anything that reached the handler some other way (fail closed).
+	if h.needCert && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+		writeError(w, http.StatusUnauthorized, "no verified client certificate: this array's control API takes mutual TLS; connect over https:// with a client certificate signed by the CA the array trusts")
+		return
+	}
+	if h.certOnly {
+		h.mux.ServeHTTP(w, r)
 		return
 	}
 	if msg := h.checkToken(r.Header.Get("Authorization")); msg != "" {
@@ -410,18 +437,26 @@ type ServeOption func(*serveConfig)
 
 type serveConfig struct {
 	allowRemote bool
+	tls         *tls.Config
+	tlsSet      bool
 }
 
-// AllowRemote lets Serve bind an address other hosts can reach. The API is
+// AllowRemote lets Serve bind an address other hosts can reach, including
+// all interfaces (":7070", "0.0.0.0:7070"). Without ServeTLS the API is
 // plain HTTP: the token crosses the network in the clear, so use it only on
-// a lab network you trust.
+// a lab network you trust, or add ServeTLS with client CAs (mutual TLS).
 func AllowRemote() ServeOption { return func(c *serveConfig) { c.allowRemote = true } }
+
+// ErrNotLoopback is what Serve's refusal of a non-loopback address without
+// AllowRemote matches (errors.Is).
+var ErrNotLoopback = errors.New("not a loopback address")
 
 // Server is a running control API.
 type Server struct {
-	srv  *http.Server
-	url  string
-	done chan error // the result of http.Server.Serve
+	srv       *http.Server
+	url       string
+	mutualTLS bool
+	done      chan error // the result of http.Server.Serve
 
 	closeOnce sync.Once
 	closeErr  error
@@ -430,6 +465,12 @@ type Server struct {
 // Serve binds exactly addr (DefaultAddr when empty) and serves the control
 // API of a there. Addresses that are not loopback are refused unless
 // AllowRemote is given.
+//
+// Requests must carry token as a bearer token. With ServeTLS the API is
+// served over TLS 1.3 (an https:// URL); when its config names client CAs,
+// clients must also present a certificate that chains to them, and both
+// are checked. The token may then be empty: the client certificate alone
+// authenticates. Without mutual TLS an empty token is refused.
 func Serve(addr string, a Array, token string, opts ...ServeOption) (*Server, error) {
 	var cfg serveConfig
 	for _, o := range opts {
@@ -438,11 +479,19 @@ func Serve(addr string, a Array, token string, opts ...ServeOption) (*Server, er
 	if addr == "" {
 		addr = DefaultAddr
 	}
-	if token == "" {
-		return nil, fmt.Errorf("array control: serve on %s: empty control token; give the array a token", addr)
+	var tlsCfg *tls.Config
+	if cfg.tlsSet {
+		var err error
+		if tlsCfg, err = serverTLS(cfg.tls, addr); err != nil {
+			return nil, err
+		}
+	}
+	mutual := tlsCfg != nil && tlsCfg.ClientCAs != nil
+	if token == "" && !mutual {
+		return nil, fmt.Errorf("array control: serve on %s: empty control token; give the array a token (or serve with mutual TLS)", addr)
 	}
 	if !cfg.allowRemote {
-		if err := checkLoopback(addr); err != nil {
+		if err := checkLoopback(addr, tlsCfg != nil); err != nil {
 			return nil, err
 		}
 	}
@@ -450,22 +499,35 @@ func Serve(addr string, a Array, token string, opts ...ServeOption) (*Server, er
 	if err != nil {
 		return nil, fmt.Errorf("array control: listen on %s: %w", addr, err)
 	}
+	scheme := "http://"
+	if tlsCfg != nil {
+		scheme = "https://"
+	}
 	s := &Server{
 		srv: &http.Server{
-			Handler:           NewHandler(a, token),
+			Handler:           newHandler(a, token, mutual),
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       2 * time.Minute,
+			TLSConfig:         tlsCfg,
+			Protocols:         http1Only(),
 		},
-		url:  "http://" + ln.Addr().String(),
-		done: make(chan error, 1),
+		url:       scheme + ln.Addr().String(),
+		mutualTLS: mutual,
+		done:      make(chan error, 1),
 	}
-	go func() { s.done <- s.srv.Serve(ln) }()
+	go func() {
+		if tlsCfg != nil {
+			s.done <- s.srv.ServeTLS(ln, "", "")
+			return
+		}
+		s.done <- s.srv.Serve(ln)
+	}()
 	return s, nil
 }
 
 // checkLoopback refuses addresses other hosts could reach. Host names other
 // than localhost are refused too: what they resolve to is not ours to trust.
-func checkLoopback(addr string) error {
+func checkLoopback(addr string, overTLS bool) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return fmt.Errorf("array control: serve on %q: not host:port: %w", addr, err)
@@ -476,12 +538,19 @@ func checkLoopback(addr string) error {
 	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
 		return nil
 	}
-	return fmt.Errorf("array control: refusing to serve on %s: not a loopback address, and the API carries its token over plain HTTP; "+
-		"listen on 127.0.0.1, or pass control.AllowRemote() on a trusted lab network", addr)
+	if overTLS {
+		return fmt.Errorf("array control: refusing to serve on %s: %w; listen on 127.0.0.1, or pass control.AllowRemote() to let other hosts reach the API", addr, ErrNotLoopback)
+	}
+	return fmt.Errorf("array control: refusing to serve on %s: %w, and the API carries its token over plain HTTP; "+
+		"listen on 127.0.0.1, or pass control.AllowRemote() on a trusted lab network (with ServeTLS for mutual TLS)", addr, ErrNotLoopback)
 }
 
-// URL is the base URL clients use, e.g. "http://127.0.0.1:4321".
+// URL is the base URL clients use, e.g. "http://127.0.0.1:4321", or
+// "https://127.0.0.1:4321" with ServeTLS.
 func (s *Server) URL() string { return s.url }
+
+// MutualTLS reports whether clients must present a certificate.
+func (s *Server) MutualTLS() bool { return s.mutualTLS }
 
 // Close stops the server and drops open connections.
 func (s *Server) Close() error {
