@@ -168,12 +168,11 @@ func (e *Env) connect(ctx context.Context) error {
 		e.Hosts = append(e.Hosts, &Host{Name: h.Name, Config: h, Esxcli: c})
 	}
 	for _, a := range e.Profile.Arrays {
-		token, err := a.Control.ResolveToken()
+		c, err := ArrayClient(a.Control)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("array %s: %w", a.Name, err))
 			continue
 		}
-		c := control.NewClient(a.Control.URL, token)
 		info, err := c.Info(ctx)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("array %s: %w", a.Name, err))
@@ -182,6 +181,24 @@ func (e *Env) connect(ctx context.Context) error {
 		e.Arrays = append(e.Arrays, &Array{Name: a.Name, Control: c, Info: info})
 	}
 	return errors.Join(errs...)
+}
+
+// ArrayClient returns the control API client for an array of the lab
+// profile: its token, and its TLS files when the array is served over https.
+func ArrayClient(c lab.Control) (*control.Client, error) {
+	token, err := c.ResolveToken()
+	if err != nil {
+		return nil, err
+	}
+	var opts []control.ClientOption
+	if c.TLS != nil {
+		cfg, err := control.LoadClientTLS(c.TLS.CA, c.TLS.Cert, c.TLS.Key)
+		if err != nil {
+			return nil, fmt.Errorf("control %s (control.tls): %w", c.URL, err)
+		}
+		opts = append(opts, control.ClientTLS(cfg))
+	}
+	return control.NewClient(c.URL, token, opts...), nil
 }
 
 func (e *Env) close() {

@@ -9,7 +9,7 @@ import (
 	"github.com/certkit/certkit/harness/esxcli"
 	"github.com/certkit/certkit/harness/lab"
 	"github.com/certkit/certkit/reports/bundle"
-	"github.com/certkit/certkit/targets/control"
+	"github.com/certkit/certkit/suites"
 )
 
 // vmwareV matches `vmware -v`: "VMware ESXi 7.0.3 build-21930508".
@@ -47,11 +47,11 @@ func identify(ctx context.Context, p *lab.Profile) (hosts, arrays map[string]bun
 		hosts[h.Name] = comp
 	}
 	for _, a := range p.Arrays {
-		token, err := a.Control.ResolveToken()
+		c, err := suites.ArrayClient(a.Control)
 		if err != nil {
 			return nil, nil, fmt.Errorf("array %s: %w", a.Name, err)
 		}
-		info, err := control.NewClient(a.Control.URL, token).Info(ctx)
+		info, err := c.Info(ctx)
 		if err != nil {
 			return nil, nil, fmt.Errorf("array %s: %w", a.Name, err)
 		}

@@ -84,9 +84,11 @@ type Array struct {
 	Control Control `yaml:"control"`
 }
 
-// Control locates an array's control API (HTTP+JSON, bearer token).
+// Control locates an array's control API (HTTP+JSON, bearer token, and
+// mutual TLS when the array asks for it).
 type Control struct {
-	// URL is the API's base URL, e.g. "http://10.0.0.50:7070".
+	// URL is the API's base URL, e.g. "http://10.0.0.50:7070", or
+	// "https://..." for an array served with TLS.
 	URL string `yaml:"url"`
 	// Token is the bearer token. Prefer TokenFile, which keeps the token
 	// out of the file. Exactly one of the two is set.
@@ -94,6 +96,19 @@ type Control struct {
 	// TokenFile is a file whose content (surrounding space trimmed) is the
 	// token. Load resolves a relative path against the profile's directory.
 	TokenFile string `yaml:"token_file,omitempty"`
+	// TLS holds the files an https control API needs (docs/ARRAY-CONTROL.md).
+	TLS *ControlTLS `yaml:"tls,omitempty"`
+}
+
+// ControlTLS are the PEM files the harness uses to reach an array's control
+// API over TLS: CA verifies the array's certificate (empty: the system's
+// CAs); Cert and Key are the client certificate an array serving mutual TLS
+// requires (both or neither). Load resolves relative paths against the
+// profile's directory. `certkit target certs` writes all three.
+type ControlTLS struct {
+	CA   string `yaml:"ca,omitempty"`
+	Cert string `yaml:"cert,omitempty"`
+	Key  string `yaml:"key,omitempty"`
 }
 
 // Timings are the ESXi iSCSI adapter parameters the run sets on every host
@@ -204,7 +219,11 @@ func Load(path string) (*Profile, error) {
 		p.Hosts[i].SSH.KnownHosts = resolve(dir, p.Hosts[i].SSH.KnownHosts)
 	}
 	for i := range p.Arrays {
-		p.Arrays[i].Control.TokenFile = resolve(dir, p.Arrays[i].Control.TokenFile)
+		c := &p.Arrays[i].Control
+		c.TokenFile = resolve(dir, c.TokenFile)
+		if c.TLS != nil {
+			c.TLS.CA, c.TLS.Cert, c.TLS.Key = resolve(dir, c.TLS.CA), resolve(dir, c.TLS.Cert), resolve(dir, c.TLS.Key)
+		}
 	}
 	if err := p.validate(path); err != nil {
 		return nil, err
@@ -286,12 +305,13 @@ func yamlMessage(err error) string {
 }
 
 var profileTypes = map[string]reflect.Type{
-	"lab.Profile": reflect.TypeOf(Profile{}),
-	"lab.Host":    reflect.TypeOf(Host{}),
-	"lab.SSH":     reflect.TypeOf(SSH{}),
-	"lab.Array":   reflect.TypeOf(Array{}),
-	"lab.Control": reflect.TypeOf(Control{}),
-	"lab.Timings": reflect.TypeOf(Timings{}),
+	"lab.Profile":    reflect.TypeOf(Profile{}),
+	"lab.Host":       reflect.TypeOf(Host{}),
+	"lab.SSH":        reflect.TypeOf(SSH{}),
+	"lab.Array":      reflect.TypeOf(Array{}),
+	"lab.Control":    reflect.TypeOf(Control{}),
+	"lab.ControlTLS": reflect.TypeOf(ControlTLS{}),
+	"lab.Timings":    reflect.TypeOf(Timings{}),
 }
 
 func allowedFields(typeName string) string {

@@ -235,3 +235,34 @@ func TestDurationText(t *testing.T) {
 		t.Error("a bare number was accepted")
 	}
 }
+
+// An array served with TLS is reached over https with the CA and, for
+// mutual TLS, a client certificate; the files resolve like token_file.
+func TestControlTLS(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "lab.yaml")
+	data := strings.Replace(minimal, `{url: "http://127.0.0.1:7070", token: tok}`,
+		`{url: "https://127.0.0.1:7070", token: tok, tls: {ca: pki/ca.crt, cert: pki/client.crt, key: /abs/client.key}}`, 1)
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := *p.Arrays[0].Control.TLS
+	want := ControlTLS{CA: filepath.Join(dir, "pki/ca.crt"), Cert: filepath.Join(dir, "pki/client.crt"), Key: "/abs/client.key"}
+	if got != want {
+		t.Errorf("tls = %+v, want %+v", got, want)
+	}
+
+	for _, tc := range []struct{ control, want string }{
+		{`{url: "http://127.0.0.1:7070", token: tok, tls: {ca: ca.crt}}`, "is not https"},
+		{`{url: "https://127.0.0.1:7070", token: tok, tls: {ca: ca.crt, cert: c.crt}}`, "cert and key go together"},
+	} {
+		_, err := Parse([]byte(strings.Replace(minimal, `{url: "http://127.0.0.1:7070", token: tok}`, tc.control, 1)), "lab.yaml")
+		if err == nil || !strings.Contains(err.Error(), "arrays[0].control.tls") || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want one on arrays[0].control.tls saying %q", tc.control, err, tc.want)
+		}
+	}
+}

@@ -110,6 +110,14 @@ func (p *Profile) validate(source string) error {
 		case a.Control.Token != "" && a.Control.TokenFile != "":
 			add(f+".control.token", "both token and token_file are set; keep one (prefer token_file)")
 		}
+		if t := a.Control.TLS; t != nil {
+			if err == nil && u.Scheme != "https" {
+				add(f+".control.tls", "set, but control.url %q is not https; use https:// for an array served with TLS, or remove tls", a.Control.URL)
+			}
+			if (t.Cert == "") != (t.Key == "") {
+				add(f+".control.tls", "cert and key go together (the client certificate an array with mutual TLS requires); set both or neither")
+			}
+		}
 	}
 	t := p.Timings
 	esxiRange := func(name string, d Duration, lo, hi int) {
