@@ -3,14 +3,17 @@ package control
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // maxResponseBody bounds what the client reads from an array.
@@ -22,6 +25,8 @@ type Client struct {
 	token string
 	http  *http.Client
 	tls   bool // ClientTLS was given
+	// tlsCfg is ClientTLS's config, for probeTLS.
+	tlsCfg *tls.Config
 	// hasCert: ClientTLS gave a client certificate.
 	hasCert bool
 }
@@ -198,12 +203,12 @@ func (c *Client) do(ctx context.Context, op, method, path string, in any, want i
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return c.transportError(op, err)
+		return c.transportError(ctx, op, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody))
 	if err != nil {
-		return c.transportError(op, err)
+		return c.transportError(ctx, op, err)
 	}
 	if resp.StatusCode != want {
 		return c.apiError(op, resp, b)
@@ -217,17 +222,58 @@ func (c *Client) do(ctx context.Context, op, method, path string, in any, want i
 	return nil
 }
 
-func (c *Client) transportError(op string, err error) error {
+func (c *Client) transportError(ctx context.Context, op string, err error) error {
 	// *url.Error repeats method and URL; the prefix already names the array.
 	var uerr *url.Error
 	if errors.As(err, &uerr) {
 		err = uerr.Err
 	}
 	hint := tlsHint(err, c.hasCert)
+	if hint == "" && c.tlsCfg != nil && ctx.Err() == nil {
+		// In TLS 1.3 the client's handshake ends before the array has
+		// checked its certificate; the array's verdict, an alert, races
+		// the request, and the transport may report only the closed
+		// connection. Ask once more, on a connection of our own.
+		if perr := c.probeTLS(ctx); perr != nil {
+			if h := tlsHint(perr, c.hasCert); h != "" {
+				err, hint = perr, h
+			}
+		}
+	}
 	if errors.Is(err, syscall.ECONNREFUSED) {
 		hint = " (is the array running and serving its control API at this address?)"
 	}
 	return fmt.Errorf("array control at %s: %s: %w%s", c.base, op, err, hint)
+}
+
+// tlsProbeWait bounds how long probeTLS waits for the array's alert after
+// its handshake; an array that accepted the client sends nothing.
+const tlsProbeWait = 2 * time.Second
+
+// probeTLS completes a TLS handshake with the array and waits briefly for
+// an alert: the reason, if any, the array refuses this client.
+func (c *Client) probeTLS(ctx context.Context) error {
+	u, err := url.Parse(c.base)
+	if err != nil {
+		return nil
+	}
+	addr := u.Host
+	if u.Port() == "" {
+		addr = net.JoinHostPort(u.Hostname(), "443")
+	}
+	d := tls.Dialer{Config: c.tlsCfg}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	deadline := time.Now().Add(tlsProbeWait)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	_ = conn.SetReadDeadline(deadline)
+	_, err = conn.Read(make([]byte, 1))
+	return err
 }
 
 func (c *Client) apiError(op string, resp *http.Response, b []byte) error {

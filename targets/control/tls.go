@@ -82,6 +82,7 @@ func ClientTLS(cfg *tls.Config) ClientOption {
 		tr.TLSClientConfig = cfg
 		c.http.Transport = tr
 		c.tls = true
+		c.tlsCfg = cfg
 		c.hasCert = len(cfg.Certificates) > 0 || cfg.GetClientCertificate != nil
 	}
 }
