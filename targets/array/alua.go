@@ -25,6 +25,11 @@ import (
 // Unit attentions are kept by the SCSI layer below, per LU and I_T nexus
 // (unitAttentions); ALUA raises its own there and reports any pending one
 // before it looks at the port's state, as Linux's target does.
+//
+// The port groups' states are the array's (aluaGroups): a controller is in
+// one state whichever target a host reaches through it. Each target has
+// its own layer (alua) over its own SCSI layer, sharing those states, and a
+// state change owes the UNIT ATTENTION on every LU of every target.
 
 // AccessState is an asymmetric access state (SPC-4 Table 171).
 type AccessState byte
@@ -123,18 +128,28 @@ type aluaInner interface {
 	unitAttentions
 }
 
-// alua is the ALUA layer; it implements frontend.SCSI around the inner one.
-type alua struct {
-	inner aluaInner
-	cfg   ALUAConfig
+// aluaGroups is an array's target port groups and their states, shared by
+// the ALUA layers of all its targets.
+type aluaGroups struct {
+	cfg ALUAConfig
 
-	mu     sync.Mutex
-	groups []*group          // ordered by id
-	byPort map[uint16]*group // relative target port -> group
+	mu      sync.Mutex
+	groups  []*group          // ordered by id
+	byPort  map[uint16]*group // relative target port -> group
+	targets []unitAttentions  // every target's SCSI layer: a change owes UA on each
 }
 
-func newALUA(inner aluaInner, cfg ALUAConfig, groups []portGroup, initial map[uint16]AccessState) *alua {
-	a := &alua{inner: inner, cfg: cfg, byPort: map[uint16]*group{}}
+// alua is the ALUA layer of one target: frontend.SCSI around the target's
+// SCSI layer (inner), with the array's port groups.
+type alua struct {
+	*aluaGroups
+	inner aluaInner
+}
+
+// newALUAGroups makes an array's port groups in their initial states
+// (active/optimized where initial does not say).
+func newALUAGroups(cfg ALUAConfig, groups []portGroup, initial map[uint16]AccessState) *aluaGroups {
+	a := &aluaGroups{cfg: cfg, byPort: map[uint16]*group{}}
 	for _, g := range groups {
 		st, ok := initial[g.id]
 		if !ok {
@@ -148,6 +163,19 @@ func newALUA(inner aluaInner, cfg ALUAConfig, groups []portGroup, initial map[ui
 	}
 	sort.Slice(a.groups, func(i, j int) bool { return a.groups[i].id < a.groups[j].id })
 	return a
+}
+
+// target makes the ALUA layer of one more target, over its SCSI layer.
+func (g *aluaGroups) target(inner aluaInner) *alua {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.targets = append(g.targets, inner)
+	return &alua{aluaGroups: g, inner: inner}
+}
+
+// newALUA is the ALUA layer of an array of one target.
+func newALUA(inner aluaInner, cfg ALUAConfig, groups []portGroup, initial map[uint16]AccessState) *alua {
+	return newALUAGroups(cfg, groups, initial).target(inner)
 }
 
 // AddNexus registers a session's nexus with the SCSI layer.
@@ -173,7 +201,7 @@ func (a *alua) ResetTarget(n *api.ITNexus) {
 }
 
 // States returns each target port group's state by group ID.
-func (a *alua) States() map[uint16]AccessState {
+func (a *aluaGroups) States() map[uint16]AccessState {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	out := make(map[uint16]AccessState, len(a.groups))
@@ -185,20 +213,20 @@ func (a *alua) States() map[uint16]AccessState {
 
 // SetState changes a group's state as an implicit transition would and
 // owes every nexus a UNIT ATTENTION.
-func (a *alua) SetState(id uint16, s AccessState) error {
+func (a *aluaGroups) SetState(id uint16, s AccessState) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.setLocked(map[uint16]AccessState{id: s}, 2)
 }
 
 // setStates changes several groups at once (one UNIT ATTENTION for all).
-func (a *alua) setStates(states map[uint16]AccessState) error {
+func (a *aluaGroups) setStates(states map[uint16]AccessState) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.setLocked(states, 2)
 }
 
-func (a *alua) setLocked(states map[uint16]AccessState, status byte) error {
+func (a *aluaGroups) setLocked(states map[uint16]AccessState, status byte) error {
 	for id := range states {
 		if a.groupLocked(id) == nil {
 			return fmt.Errorf("no target port group %d; groups are %v", id, a.idsLocked())
@@ -212,12 +240,14 @@ func (a *alua) setLocked(states map[uint16]AccessState, status byte) error {
 		}
 	}
 	if changed {
-		a.inner.oweAll(senseCode{0x2a, 0x06}) // ASYMMETRIC ACCESS STATE CHANGED
+		for _, t := range a.targets {
+			t.oweAll(senseCode{0x2a, 0x06}) // ASYMMETRIC ACCESS STATE CHANGED
+		}
 	}
 	return nil
 }
 
-func (a *alua) groupLocked(id uint16) *group {
+func (a *aluaGroups) groupLocked(id uint16) *group {
 	for _, g := range a.groups {
 		if g.id == id {
 			return g
@@ -226,7 +256,7 @@ func (a *alua) groupLocked(id uint16) *group {
 	return nil
 }
 
-func (a *alua) idsLocked() []uint16 {
+func (a *aluaGroups) idsLocked() []uint16 {
 	ids := make([]uint16, len(a.groups))
 	for i, g := range a.groups {
 		ids[i] = g.id
@@ -281,7 +311,7 @@ func (a *alua) Execute(cmd *api.SCSICommand) {
 
 // reportTPGLocked answers REPORT TARGET PORT GROUPS (SPC-4 §6.36) in the
 // length-only or the extended header format the CDB asks for.
-func (a *alua) reportTPGLocked(cmd *api.SCSICommand) {
+func (a *aluaGroups) reportTPGLocked(cmd *api.SCSICommand) {
 	alloc := binary.BigEndian.Uint32(cmd.SCB[6:10])
 	extended := cmd.SCB[1]>>5 == 1
 	var d []byte
@@ -307,7 +337,7 @@ func (a *alua) reportTPGLocked(cmd *api.SCSICommand) {
 
 // setTPGLocked applies SET TARGET PORT GROUPS (SPC-4 §6.49) when explicit
 // ALUA is enabled. Only AO, ANO, standby and unavailable may be requested.
-func (a *alua) setTPGLocked(cmd *api.SCSICommand) {
+func (a *aluaGroups) setTPGLocked(cmd *api.SCSICommand) {
 	if !a.cfg.Explicit {
 		checkCondition(cmd, 0x05, 0x20, 0x00) // INVALID COMMAND OPERATION CODE
 		return

@@ -30,7 +30,7 @@ func twoControllers(t *testing.T, explicit bool) (*alua, *innerSCSI, *api.ITNexu
 	t.Helper()
 	name := fmt.Sprintf("alua-unit-%d", unitArrays.Add(1))
 	groups := []portGroup{{id: 1, ports: []uint16{1}}, {id: 2, ports: []uint16{2}}}
-	st, err := newSCSITarget(name, "iqn.2024-01.io.certkit:"+name, []lunSpec{{id: 0, size: 1 << 20, backing: BackingMemory}}, groups)
+	st, err := newSCSITarget(name, name, "iqn.2024-01.io.certkit:"+name, []lunSpec{{id: 0, size: 1 << 20, backing: BackingMemory}}, groups)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,10 @@
-// Package array is certkit's software iSCSI array: one target with its LUNs
-// on gotgt's SCSI layer, certkit's own iSCSI front end (targets/frontend) on
-// every controller portal, and a fault proxy (targets/faultproxy) in front
-// of each portal that has one. *Array is what the control API
-// (targets/control) serves.
+// Package array is certkit's software iSCSI array: one or more targets,
+// each with its own LUNs on gotgt's SCSI layer, certkit's own iSCSI front
+// end (targets/frontend) serving every target on every controller portal,
+// and a fault proxy (targets/faultproxy) in front of each portal that has
+// one. ALUA states belong to the controllers and so hold for every target;
+// faults act on portals and controllers and so hit every target's sessions
+// there. *Array is what the control API (targets/control) serves.
 //
 // Several arrays may run in one process side by side as long as their names
 // and target IQNs differ; see gotgt.go for the process-wide state gotgt
@@ -57,9 +59,8 @@ type Options struct {
 // Array is a running array.
 type Array struct {
 	cfg     Config
-	sizes   map[int]int64
-	scsi    *scsiTarget
-	alua    *alua
+	targets []*target // in config order
+	alua    *aluaGroups
 	fe      *frontend.Server
 	portals []*portal
 
@@ -72,6 +73,12 @@ type Array struct {
 	closeOnce        sync.Once
 	closeErr         error
 	allowShrink      bool // Options.AllowShrink (luns.go)
+}
+
+// target is one target of the array: its SCSI layer in gotgt.
+type target struct {
+	name string // IQN
+	scsi *scsiTarget
 }
 
 type portal struct {
@@ -101,7 +108,7 @@ func StartWith(ctx context.Context, cfg Config, opt Options) (res *Array, err er
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("array %s: %w", cfg.Name, err)
 	}
-	a := &Array{cfg: cfg, sizes: map[int]int64{}, active: map[string]*control.FaultRecord{},
+	a := &Array{cfg: cfg, active: map[string]*control.FaultRecord{},
 		controllerFaults: map[string]*controllerFault{}, allowShrink: opt.AllowShrink}
 	defer func() {
 		if err != nil {
@@ -109,12 +116,6 @@ func StartWith(ctx context.Context, cfg Config, opt Options) (res *Array, err er
 			res, err = nil, fmt.Errorf("array %s: %w", cfg.Name, err)
 		}
 	}()
-	var specs []lunSpec
-	for _, l := range cfg.LUNs {
-		size, _ := ParseSize(l.Size) // validated
-		a.sizes[l.ID] = size
-		specs = append(specs, lunSpec{id: l.ID, size: size, backing: l.Backing, path: l.Path})
-	}
 	var groups []portGroup
 	var fps []frontend.Portal
 	for i, ctl := range cfg.Controllers {
@@ -124,10 +125,28 @@ func StartWith(ctx context.Context, cfg Config, opt Options) (res *Array, err er
 			a.portals = append(a.portals, &portal{id: PortalID(ctl.Name, j), controller: ctl.Name, tpgt: TPGT(i)})
 		}
 	}
-	if a.scsi, err = newSCSITarget(cfg.Name, cfg.Target, specs, groups); err != nil {
-		return nil, err
+	a.alua = newALUAGroups(cfg.aluaConfig(), groups, cfg.initialALUA())
+	var fts []frontend.Target
+	for i, tc := range cfg.AllTargets() {
+		var specs []lunSpec
+		for _, l := range tc.LUNs {
+			size, _ := ParseSize(l.Size) // validated
+			specs = append(specs, lunSpec{id: l.ID, size: size, backing: l.Backing, path: l.Path})
+		}
+		st, err := newSCSITarget(cfg.Name, lunKey(cfg.Name, tc.Name, i == 0), tc.Name, specs, groups)
+		if err != nil {
+			if len(cfg.Targets) > 0 {
+				err = fmt.Errorf("targets[%d] (%s): %w", i, tc.Name, err)
+			}
+			return nil, err
+		}
+		a.targets = append(a.targets, &target{name: tc.Name, scsi: st})
+		auth, err := tc.Auth.resolve(cfg.targetField(i) + "auth") // validated; resolves secret_env (auth.go)
+		if err != nil {
+			return nil, err
+		}
+		fts = append(fts, frontend.Target{Name: tc.Name, SCSI: a.alua.target(st), Auth: auth, ACL: tc.ACL})
 	}
-	a.alua = newALUA(a.scsi, cfg.aluaConfig(), groups, cfg.initialALUA())
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -135,18 +154,18 @@ func StartWith(ctx context.Context, cfg Config, opt Options) (res *Array, err er
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	auth, err := cfg.frontendAuth() // validated; resolves secret_env (auth.go)
+	discovery, err := cfg.DiscoveryAuth.resolve("discovery_auth")
 	if err != nil {
 		return nil, err
 	}
 	a.fe, err = frontend.Listen(frontend.Config{
-		TargetName:   cfg.Target,
-		Portals:      fps,
-		SCSI:         a.alua,
-		QueueDepth:   opt.QueueDepth,
-		LoginTimeout: opt.LoginTimeout,
-		Logf:         logf,
-		Trace:        opt.Trace,
+		Targets:       fts,
+		DiscoveryAuth: discovery,
+		Portals:       fps,
+		QueueDepth:    opt.QueueDepth,
+		LoginTimeout:  opt.LoginTimeout,
+		Logf:          logf,
+		Trace:         opt.Trace,
 
 		Concurrency:    opt.Concurrency,
 		NopInInterval:  opt.NopInInterval,
@@ -154,8 +173,6 @@ func StartWith(ctx context.Context, cfg Config, opt Options) (res *Array, err er
 		MaxConnections: opt.MaxConnections,
 		MaxLogins:      opt.MaxLogins,
 		Defect:         opt.Defect,
-		Auth:           auth,
-		ACL:            cfg.ACL,
 	})
 	if err != nil {
 		return nil, err
@@ -185,7 +202,7 @@ func StartWith(ctx context.Context, cfg Config, opt Options) (res *Array, err er
 	return a, ctx.Err()
 }
 
-// Close stops proxies, the front end and the gotgt target, releasing every
+// Close stops proxies, the front end and the gotgt targets, releasing every
 // listener, session, goroutine and memory LU.
 func (a *Array) Close() error {
 	a.closeOnce.Do(func() {
@@ -206,8 +223,8 @@ func (a *Array) Close() error {
 		if a.fe != nil {
 			errs = append(errs, a.fe.Close())
 		}
-		if a.scsi != nil {
-			a.scsi.close()
+		for _, t := range a.targets {
+			t.scsi.close()
 		}
 		a.closeErr = errors.Join(errs...)
 	})
@@ -217,13 +234,26 @@ func (a *Array) Close() error {
 // Name is the array's name.
 func (a *Array) Name() string { return a.cfg.Name }
 
-// Target is the array's target IQN.
-func (a *Array) Target() string { return a.cfg.Target }
+// Target is the IQN of the array's first (or only) target; Targets lists
+// them all.
+func (a *Array) Target() string { return a.targets[0].name }
 
-// Info describes the array (control.Array).
+// Targets are the IQNs of the array's targets, in config order.
+func (a *Array) Targets() []string {
+	names := make([]string, len(a.targets))
+	for i, t := range a.targets {
+		names[i] = t.name
+	}
+	return names
+}
+
+// Info describes the array (control.Array): every target with its LUNs as
+// they are now, and every portal (each reaches every target).
 func (a *Array) Info() control.Info {
-	t := control.Target{IQN: a.cfg.Target, LUNs: a.luns()} // luns.go: as they are now
-	info := control.Info{Name: a.cfg.Name, Product: Product, Version: Version(), Targets: []control.Target{t}}
+	info := control.Info{Name: a.cfg.Name, Product: Product, Version: Version()}
+	for _, t := range a.targets {
+		info.Targets = append(info.Targets, control.Target{IQN: t.name, LUNs: a.luns(t)}) // luns.go
+	}
 	for _, p := range a.portals {
 		cp := control.Portal{ID: p.id, Controller: p.controller, TPGT: int(p.tpgt), Address: p.address()}
 		if p.proxy != nil {

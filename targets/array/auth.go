@@ -7,9 +7,18 @@ import (
 	"github.com/certkit/certkit/targets/frontend"
 )
 
-// AuthConfig is how hosts authenticate to the array's target. With chap
-// set, every login (discovery included) must use CHAP; acl (Config.ACL)
-// limits which initiators may log in at all.
+// AuthConfig is how hosts authenticate: to a target (a target's auth, or
+// the one-target shorthand's top-level auth), or to discovery sessions
+// (discovery_auth). With chap set, every login it governs must use CHAP;
+// a target's acl limits which initiators may log in to it at all.
+//
+// Discovery: with discovery_auth set, discovery logins need that account.
+// Without it, discovery needs CHAP only when every target has the same
+// CHAP account, and then that account (so a one-target array with auth
+// asks it of discovery too, and hosts given the array's one account use it
+// for both); targets with different accounts leave discovery open, as
+// Linux's target does by default. Either way SendTargets lists only the
+// targets whose acl allows the host.
 //
 //	auth:
 //	  chap:
@@ -26,7 +35,7 @@ type AuthConfig struct {
 	CHAP *CHAPConfig `yaml:"chap"`
 }
 
-// CHAPConfig is the target's CHAP account (see AuthConfig).
+// CHAPConfig is a CHAP account (see AuthConfig).
 type CHAPConfig struct {
 	Name            string `yaml:"name"`
 	Secret          string `yaml:"secret,omitempty"`
@@ -76,54 +85,54 @@ func resolveSecret(field, inline, env string) (string, error) {
 	return inline, nil
 }
 
-// frontendAuth resolves the CHAP account into the front end's Auth;
-// errors name the field.
-func (c *Config) frontendAuth() (frontend.Auth, error) {
-	if c.Auth == nil {
+// resolve turns the CHAP account into the front end's Auth; field is the
+// YAML path of the account (auth, targets[1].auth, discovery_auth) for
+// errors, which never show a secret. A nil account is no CHAP.
+func (a *AuthConfig) resolve(field string) (frontend.Auth, error) {
+	if a == nil {
 		return frontend.Auth{}, nil
 	}
-	ch := c.Auth.CHAP
+	ch := a.CHAP
 	if ch == nil {
-		return frontend.Auth{}, fmt.Errorf("auth: no chap; give auth: {chap: {name: ..., secret_env: ...}} or drop auth")
+		return frontend.Auth{}, fmt.Errorf("%s: no chap; give %s: {chap: {name: ..., secret_env: ...}} or drop %s", field, field, field)
 	}
+	f := field + ".chap"
 	if ch.Name == "" {
-		return frontend.Auth{}, fmt.Errorf("auth.chap.name: empty; set the CHAP name hosts log in as")
+		return frontend.Auth{}, fmt.Errorf("%s.name: empty; set the CHAP name hosts log in as", f)
 	}
-	secret, err := resolveSecret("auth.chap.secret", ch.Secret, ch.SecretEnv)
+	secret, err := resolveSecret(f+".secret", ch.Secret, ch.SecretEnv)
 	if err != nil {
 		return frontend.Auth{}, err
 	}
 	if secret == "" {
-		return frontend.Auth{}, fmt.Errorf("auth.chap.secret_env: not set; name an environment variable holding the CHAP secret (or give auth.chap.secret)")
+		return frontend.Auth{}, fmt.Errorf("%s.secret_env: not set; name an environment variable holding the CHAP secret (or give %s.secret)", f, f)
 	}
-	mutual, err := resolveSecret("auth.chap.mutual_secret", ch.MutualSecret, ch.MutualSecretEnv)
+	mutual, err := resolveSecret(f+".mutual_secret", ch.MutualSecret, ch.MutualSecretEnv)
 	if err != nil {
 		return frontend.Auth{}, err
 	}
 	switch {
 	case mutual != "" && ch.MutualName == "":
-		return frontend.Auth{}, fmt.Errorf("auth.chap.mutual_name: empty while a mutual secret is set; set the name the array answers with")
+		return frontend.Auth{}, fmt.Errorf("%s.mutual_name: empty while a mutual secret is set; set the name the array answers with", f)
 	case mutual == "" && ch.MutualName != "":
-		return frontend.Auth{}, fmt.Errorf("auth.chap.mutual_secret_env: not set while mutual_name is; name an environment variable holding the mutual secret, or drop mutual_name")
+		return frontend.Auth{}, fmt.Errorf("%s.mutual_secret_env: not set while mutual_name is; name an environment variable holding the mutual secret, or drop mutual_name", f)
 	case mutual != "" && mutual == secret:
-		return frontend.Auth{}, fmt.Errorf("auth.chap.mutual_secret: equals auth.chap.secret; RFC 7143 §9.2.1 wants a different secret in each direction")
+		return frontend.Auth{}, fmt.Errorf("%s.mutual_secret: equals %s.secret; RFC 7143 §9.2.1 wants a different secret in each direction", f, f)
 	}
 	return frontend.Auth{Name: ch.Name, Secret: secret, MutualName: ch.MutualName, MutualSecret: mutual}, nil
 }
 
-// validateAccess checks auth and acl for Validate.
-func (c *Config) validateAccess() []error {
+// validateACL checks one target's acl; field is its YAML path (acl,
+// targets[1].acl).
+func validateACL(field string, acl []string) []error {
 	var errs []error
-	if _, err := c.frontendAuth(); err != nil {
-		errs = append(errs, err)
-	}
 	seen := map[string]bool{}
-	for i, iqn := range c.ACL {
+	for i, iqn := range acl {
 		switch {
 		case !iqnRE.MatchString(iqn):
-			errs = append(errs, fmt.Errorf("acl[%d] %q: want a lowercase initiator name like iqn.1998-01.com.vmware:esx-01-1a2b3c4d", i, iqn))
+			errs = append(errs, fmt.Errorf("%s[%d] %q: want a lowercase initiator name like iqn.1998-01.com.vmware:esx-01-1a2b3c4d", field, i, iqn))
 		case seen[iqn]:
-			errs = append(errs, fmt.Errorf("acl[%d] %q: listed twice", i, iqn))
+			errs = append(errs, fmt.Errorf("%s[%d] %q: listed twice", field, i, iqn))
 		}
 		seen[iqn] = true
 	}

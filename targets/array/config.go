@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -14,29 +15,88 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// Config is one array: one target with its LUNs, served by controllers
-// whose portals each may sit behind a fault proxy.
+// Config is one array: its targets, each with its own LUNs, served by
+// controllers whose portals each may sit behind a fault proxy. Every target
+// is reachable through every portal of every controller, as on a real
+// array, and SendTargets lists each target the host may see with all its
+// portals.
+//
+//	name: array-a
+//	targets:
+//	  - name: iqn.2024-01.io.certkit:array-a.db
+//	    luns:
+//	      - {id: 0, size: 64MiB}                            # backing: memory
+//	      - {id: 1, size: 1GiB, backing: file, path: /var/tmp/a-db1.img}
+//	    auth: {chap: {name: esx-hosts, secret_env: ARRAY_A_CHAP}}  # optional, see AuthConfig
+//	    acl: [iqn.1998-01.com.vmware:esx-01-1a2b3c4d]           # optional; empty: every initiator
+//	  - name: iqn.2024-01.io.certkit:array-a.logs
+//	    luns: [{id: 0, size: 64MiB}]                        # its own LUN 0
+//	controllers:
+//	  - name: A                                             # TPGT 1
+//	    portals: [{listen: "127.0.0.1:0", proxy: "127.0.0.1:0"}]
+//	  - name: B                                             # TPGT 2
+//	    portals: [{listen: "127.0.0.1:0", proxy: "127.0.0.1:0"}]
+//	discovery_auth: {chap: {name: esx-disc, secret_env: ARRAY_A_DISC}}  # optional, see AuthConfig
+//
+// An array of one target may use the shorthand instead of targets: the
+// top-level target, luns, auth and acl are that target's name, luns, auth
+// and acl.
 //
 //	name: array-a
 //	target: iqn.2024-01.io.certkit:array-a
-//	luns:
-//	  - {id: 0, size: 64MiB}                              # backing: memory
-//	  - {id: 1, size: 1GiB, backing: file, path: /var/tmp/a1.img}
-//	controllers:
-//	  - name: A                                           # TPGT 1
-//	    portals: [{listen: "127.0.0.1:0", proxy: "127.0.0.1:0"}]
-//	  - name: B                                           # TPGT 2
-//	    portals: [{listen: "127.0.0.1:0", proxy: "127.0.0.1:0"}]
-//	auth: {chap: {name: esx-hosts, secret_env: ARRAY_A_CHAP}}  # optional, see AuthConfig
-//	acl: [iqn.1998-01.com.vmware:esx-01-1a2b3c4d]             # optional; empty: every initiator
+//	luns: [{id: 0, size: 64MiB}]
+//	controllers: [{name: A, portals: [{listen: "127.0.0.1:0"}]}]
+//
+// LUN ids are per target: each target has its own LUN 0. Every LUN has an
+// NAA of its own, the same on every path and every restart: the first
+// target's LUNs derive it from the array name and LUN id (as a one-target
+// array always has: rewriting the shorthand as targets, or adding targets
+// after the first, keeps every NAA), every other target's from the array
+// name, its IQN and the LUN id (see NAA, TargetNAA). Moving another target
+// to the front changes NAAs.
 type Config struct {
-	Name        string       `yaml:"name"`
-	Target      string       `yaml:"target"`
-	LUNs        []LUN        `yaml:"luns"`
+	Name    string   `yaml:"name"`
+	Targets []Target `yaml:"targets,omitempty"`
+
+	// The one-target shorthand (see above); not with Targets.
+	Target string      `yaml:"target,omitempty"`
+	LUNs   []LUN       `yaml:"luns,omitempty"`
+	Auth   *AuthConfig `yaml:"auth,omitempty"` // CHAP (auth.go)
+	ACL    []string    `yaml:"acl,omitempty"`  // initiator IQNs allowed; empty: all
+
 	Controllers []Controller `yaml:"controllers"`
 	ALUA        *ALUA        `yaml:"alua,omitempty"`
-	Auth        *AuthConfig  `yaml:"auth,omitempty"` // CHAP (auth.go)
-	ACL         []string     `yaml:"acl,omitempty"`  // initiator IQNs allowed; empty: all
+
+	// DiscoveryAuth is the CHAP account of discovery sessions; see
+	// AuthConfig for what applies without it.
+	DiscoveryAuth *AuthConfig `yaml:"discovery_auth,omitempty"`
+}
+
+// Target is one iSCSI target of the array: its IQN, its LUNs, and who may
+// log in to it (CHAP account and initiator ACL; see AuthConfig).
+type Target struct {
+	Name string      `yaml:"name"`
+	LUNs []LUN       `yaml:"luns"`
+	Auth *AuthConfig `yaml:"auth,omitempty"`
+	ACL  []string    `yaml:"acl,omitempty"` // initiator IQNs allowed; empty: all
+}
+
+// AllTargets returns the array's targets in config order: Targets, or the
+// one target the shorthand fields describe.
+func (c *Config) AllTargets() []Target {
+	if len(c.Targets) > 0 {
+		return c.Targets
+	}
+	return []Target{{Name: c.Target, LUNs: c.LUNs, Auth: c.Auth, ACL: c.ACL}}
+}
+
+// targetField is the YAML path of target i's fields: "targets[1]." or,
+// for the shorthand, "" (its fields are top-level).
+func (c *Config) targetField(i int) string {
+	if len(c.Targets) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("targets[%d].", i)
 }
 
 // ALUA says how the array presents asymmetric access. Without it every
@@ -51,7 +111,7 @@ type ALUA struct {
 	TransitionTime string `yaml:"transition_time"`
 }
 
-// LUN is one logical unit of the target.
+// LUN is one logical unit of a target.
 type LUN struct {
 	ID      int    `yaml:"id"`
 	Size    string `yaml:"size"`    // "64MiB", "1GiB", or bytes; a multiple of 512
@@ -109,43 +169,28 @@ var (
 	iqnRE  = regexp.MustCompile(`^(iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.-]+(:[a-z0-9.:_-]+)?|eui\.[0-9a-f]{16}|naa\.[0-9a-f]{16}([0-9a-f]{16})?)$`)
 )
 
-// Validate checks a config; errors name the field and how to fix it.
+// Validate checks a config; errors name the field (with its path, e.g.
+// targets[1].luns[0].size) and how to fix it.
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if !nameRE.MatchString(c.Name) {
 		bad("name %q: want 1-63 letters, digits, '.', '_' or '-' (e.g. array-a)", c.Name)
 	}
-	if !iqnRE.MatchString(c.Target) {
-		bad("target %q: want a lowercase iSCSI name like iqn.2024-01.io.certkit:%s", c.Target, strings.ToLower(c.Name))
+	var short []string // shorthand fields set
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{{"target", c.Target != ""}, {"luns", len(c.LUNs) > 0}, {"auth", c.Auth != nil}, {"acl", len(c.ACL) > 0}} {
+		if f.set {
+			short = append(short, f.name)
+		}
 	}
-	if len(c.LUNs) == 0 {
-		bad("luns: none given; add at least one, e.g. {id: 0, size: 64MiB}")
-	}
-	ids := map[int]bool{}
-	for i, l := range c.LUNs {
-		f := fmt.Sprintf("luns[%d]", i)
-		if l.ID < 0 || l.ID > 16383 {
-			bad("%s.id %d: want 0..16383", f, l.ID)
-		} else if ids[l.ID] {
-			bad("%s.id %d: used twice; give each LUN its own id", f, l.ID)
-		}
-		ids[l.ID] = true
-		if _, err := ParseSize(l.Size); err != nil {
-			bad("%s.size: %v", f, err)
-		}
-		switch l.Backing {
-		case "", BackingMemory:
-			if l.Path != "" {
-				bad("%s.path %q: only file backing has a path; drop it or set backing: file", f, l.Path)
-			}
-		case BackingFile:
-			if l.Path == "" {
-				bad("%s.path: file backing needs a path to the image file", f)
-			}
-		default:
-			bad("%s.backing %q: want memory or file", f, l.Backing)
-		}
+	if len(c.Targets) > 0 && len(short) > 0 {
+		bad("targets and the one-target shorthand (%s) are both set: move %s into an entry of targets, "+
+			"e.g. targets: [{name: IQN, luns: [...], auth: ..., acl: [...]}], or drop targets", strings.Join(short, ", "), strings.Join(short, ", "))
+	} else {
+		errs = append(errs, c.validateTargets()...)
 	}
 	if len(c.Controllers) == 0 {
 		bad("controllers: none given; add e.g. {name: A, portals: [{listen: \"127.0.0.1:0\"}]}")
@@ -190,8 +235,71 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	errs = append(errs, c.validateAccess()...) // auth, acl (auth.go)
+	if _, err := c.DiscoveryAuth.resolve("discovery_auth"); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// validateTargets checks each target's name, LUNs, auth and acl.
+func (c *Config) validateTargets() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	names := map[string]int{}
+	images := map[string]string{} // clean image path -> field of the LUN using it
+	for i, t := range c.AllTargets() {
+		tf := c.targetField(i)
+		switch {
+		case tf == "" && t.Name == "":
+			bad("target: not set; give the target's IQN, e.g. iqn.2024-01.io.certkit:%s (or list targets under targets)", strings.ToLower(c.Name))
+		case tf == "" && !iqnRE.MatchString(t.Name):
+			bad("target %q: want a lowercase iSCSI name like iqn.2024-01.io.certkit:%s", t.Name, strings.ToLower(c.Name))
+		case !iqnRE.MatchString(t.Name):
+			bad("%sname %q: want a lowercase iSCSI name like iqn.2024-01.io.certkit:%s.%d", tf, t.Name, strings.ToLower(c.Name), i)
+		default:
+			if j, dup := names[t.Name]; dup {
+				bad("%sname %q: also the name of targets[%d]; give each target its own IQN", tf, t.Name, j)
+			}
+			names[t.Name] = i
+		}
+		if len(t.LUNs) == 0 {
+			bad("%sluns: none given; add at least one, e.g. {id: 0, size: 64MiB}", tf)
+		}
+		ids := map[int]bool{}
+		for j, l := range t.LUNs {
+			f := fmt.Sprintf("%sluns[%d]", tf, j)
+			if l.ID < 0 || l.ID > 16383 {
+				bad("%s.id %d: want 0..16383", f, l.ID)
+			} else if ids[l.ID] {
+				bad("%s.id %d: used twice in this target; give each LUN of a target its own id", f, l.ID)
+			}
+			ids[l.ID] = true
+			if _, err := ParseSize(l.Size); err != nil {
+				bad("%s.size: %v", f, err)
+			}
+			switch l.Backing {
+			case "", BackingMemory:
+				if l.Path != "" {
+					bad("%s.path %q: only file backing has a path; drop it or set backing: file", f, l.Path)
+				}
+			case BackingFile:
+				if l.Path == "" {
+					bad("%s.path: file backing needs a path to the image file", f)
+				} else if other, dup := images[filepath.Clean(l.Path)]; dup {
+					bad("%s.path %q: also the image of %s; give each LUN its own image file", f, l.Path, other)
+				} else {
+					images[filepath.Clean(l.Path)] = f
+				}
+			default:
+				bad("%s.backing %q: want memory or file", f, l.Backing)
+			}
+		}
+		if _, err := t.Auth.resolve(tf + "auth"); err != nil {
+			errs = append(errs, err)
+		}
+		errs = append(errs, validateACL(tf+"acl", t.ACL)...)
+	}
+	return errs
 }
 
 var sizeRE = regexp.MustCompile(`^([0-9]+)\s*(B|KiB|MiB|GiB|TiB)?$`)

@@ -40,9 +40,9 @@ func fileArray(t *testing.T, name string) (*Array, string, *countingSyncer) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })
-	fs, ok := a.scsi.lu(0).dev.Storage.(*fileStore)
+	fs, ok := a.targets[0].scsi.lu(0).dev.Storage.(*fileStore)
 	if !ok {
-		t.Fatalf("LUN 0 is on %T, want certkit's file store", a.scsi.lu(0).dev.Storage)
+		t.Fatalf("LUN 0 is on %T, want certkit's file store", a.targets[0].scsi.lu(0).dev.Storage)
 	}
 	sy := &countingSyncer{}
 	gotgtMu.Lock() // every use of the store holds gotgtMu

@@ -23,10 +23,11 @@ import (
 // Process-wide state gotgt forces on every array in the process:
 //
 //   - one scsi.SCSITargetService (a sync.Once singleton) holding all targets,
-//     found by TID: each array takes a fresh TID from nextTID;
+//     found by TID: each target of each array takes a fresh TID from nextTID;
 //   - one LU map keyed by device ID and by target name: device IDs are
-//     derived from array name + LUN id (deviceID), so two arrays in one
-//     process must have different names, and target IQNs must differ too;
+//     derived from array name (+ target IQN for all but an array's first
+//     target) + LUN id (deviceID, lunKey), so two arrays in one process must
+//     have different names, and target IQNs must differ too;
 //   - the backing-store registry (certkit's memory store registers in init);
 //   - logrus's standard logger, which gotgt logs to: set to warn on first
 //     Start unless CERTKIT_GOTGT_LOG names another level (e.g. debug);
@@ -84,16 +85,34 @@ func quietGotgt() {
 }
 
 // deviceID is the stable gotgt device ID of a LUN: 60 bits of a hash of the
-// array name and LUN id. gotgt reports it in VPD page 0x83 as a locally
-// assigned NAA (0x3 << 60 | id), the same on every path and every restart.
-func deviceID(arrayName string, lun int) uint64 {
-	sum := sha256.Sum256([]byte(fmt.Sprintf("certkit-array/%s/lun/%d", arrayName, lun)))
+// target's LUN key (lunKey) and LUN id. gotgt reports it in VPD page 0x83
+// as a locally assigned NAA (0x3 << 60 | id), the same on every path and
+// every restart.
+func deviceID(key string, lun int) uint64 {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("certkit-array/%s/lun/%d", key, lun)))
 	return binary.BigEndian.Uint64(sum[:8]) >> 4
 }
 
-// NAA is the device name hosts see for a LUN, e.g. "naa.3f1c...".
+// lunKey is what the device IDs (and NAAs) of a target's LUNs derive from:
+// the array name for the array's first target, which so keeps the NAAs of
+// a one-target array, and array name + IQN for every other target.
+func lunKey(arrayName, iqn string, first bool) string {
+	if first {
+		return arrayName
+	}
+	return arrayName + "/target/" + iqn
+}
+
+// NAA is the device name hosts see for LUN lun of the first (or only)
+// target of array arrayName, e.g. "naa.3f1c...".
 func NAA(arrayName string, lun int) string {
 	return fmt.Sprintf("naa.%016x", uint64(3)<<60|deviceID(arrayName, lun))
+}
+
+// TargetNAA is the device name hosts see for LUN lun of target iqn of array
+// arrayName when that target is not the array's first (see Config).
+func TargetNAA(arrayName, iqn string, lun int) string {
+	return fmt.Sprintf("naa.%016x", uint64(3)<<60|deviceID(lunKey(arrayName, iqn, false), lun))
 }
 
 var (
@@ -104,10 +123,11 @@ var (
 // nexusID is an I_T nexus as the SCSI layer knows it (api.ITNexus.ID).
 type nexusID = [16]byte
 
-// scsiTarget is one array's target inside gotgt; it is the frontend.SCSI of
-// the array's front end.
+// scsiTarget is one target of an array inside gotgt; under its ALUA layer
+// it is the target's frontend.SCSI in the array's front end.
 type scsiTarget struct {
-	array string // the array's name: device IDs and memory keys derive from it
+	array string // the array's name, for errors
+	key   string // lunKey: device IDs and memory keys derive from it
 	iqn   string
 	tid   int
 	tgt   *api.SCSITarget
@@ -164,8 +184,9 @@ type portGroup struct {
 	ports []uint16
 }
 
-// newSCSITarget registers the target, its LUs and its ports with gotgt.
-func newSCSITarget(arrayName, iqn string, luns []lunSpec, groups []portGroup) (_ *scsiTarget, err error) {
+// newSCSITarget registers the target, its LUs and its ports with gotgt;
+// key is the target's lunKey.
+func newSCSITarget(arrayName, key, iqn string, luns []lunSpec, groups []portGroup) (_ *scsiTarget, err error) {
 	quietGotgt()
 	gotgtMu.Lock()
 	defer gotgtMu.Unlock()
@@ -174,7 +195,7 @@ func newSCSITarget(arrayName, iqn string, luns []lunSpec, groups []portGroup) (_
 			return nil, fmt.Errorf("target %s is already served by another array in this process; give each array its own target IQN", iqn)
 		}
 	}
-	t := &scsiTarget{array: arrayName, iqn: iqn, nexuses: map[nexusID]*nexusRef{}}
+	t := &scsiTarget{array: arrayName, key: key, iqn: iqn, nexuses: map[nexusID]*nexusRef{}}
 	m := map[uint64]*lu{}
 	t.luns.Store(&m) // not shared before newSCSITarget returns
 	defer func() {
@@ -244,7 +265,7 @@ func (t *scsiTarget) releaseLocked() {
 // does not publish the LU in t.luns. gotgtMu is held; on error nothing is
 // left behind.
 func (t *scsiTarget) newLULocked(spec lunSpec) (_ *lu, err error) {
-	id := deviceID(t.array, spec.id)
+	id := deviceID(t.key, spec.id)
 	u := &lu{id: uint64(spec.id), devID: id, spec: spec, ua: map[nexusID][]senseCode{}}
 	defer func() {
 		if err != nil {
@@ -259,7 +280,7 @@ func (t *scsiTarget) newLULocked(spec lunSpec) (_ *lu, err error) {
 		}
 		path = fileBackend + ":" + spec.path
 	default:
-		key := fmt.Sprintf("%s/%d", t.array, spec.id)
+		key := fmt.Sprintf("%s/%d", t.key, spec.id)
 		if err := addMemory(key, spec.size); err != nil {
 			return nil, fmt.Errorf("LUN %d: %w", spec.id, err)
 		}
@@ -267,7 +288,7 @@ func (t *scsiTarget) newLULocked(spec lunSpec) (_ *lu, err error) {
 		path = memoryBackend + ":" + key
 	}
 	if err := scsi.AddBackendStorage(config.BackendStorage{DeviceID: id, Path: path, Online: true}); err != nil {
-		return nil, fmt.Errorf("LUN %d: gotgt backing store %s: %v (is an array named %q already running in this process?)", spec.id, path, err, t.array)
+		return nil, fmt.Errorf("target %s LUN %d: gotgt backing store %s: %v (is an array named %q already running in this process?)", t.iqn, spec.id, path, err, t.array)
 	}
 	u.exits = append(u.exits, func() { scsi.DelBackendStorage(id) })
 	m := scsi.LUNMapping{TargetName: t.iqn, LUN: uint64(spec.id), DeviceID: id}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/certkit/certkit/targets/control"
 	"github.com/gostor/gotgt/pkg/api"
@@ -16,7 +17,9 @@ import (
 
 // LUNs at run time (control.LUNManager): the harness adds, removes and
 // resizes LUNs while hosts are logged in, and hashes a LUN's backing store
-// to prove that every write the array acknowledged is in it.
+// to prove that every write the array acknowledged is in it. Each target
+// has its own LUNs (Array.LUNsOf); a change to one target's LUNs concerns
+// only that target's nexuses.
 //
 // What hosts see is what a real array shows them:
 //   - add: REPORT LUNS lists the new LUN at once, and every other LU owes
@@ -43,9 +46,84 @@ var (
 // maxLUN is the highest LUN number an array serves (as in Config).
 const maxLUN = 16383
 
-// AddLUN adds a LUN to the target (control.LUNManager).
+// targetLUNs manages the LUNs of one target of an array
+// (control.LUNManager); Array.LUNsOf hands it out. LUN ids are the
+// target's own: each target has its own LUN 0.
+type targetLUNs struct {
+	a *Array
+	t *target
+}
+
+// LUNsOf returns the LUN management of one of the array's targets, named
+// by IQN (case-insensitively): add, remove, resize and checksum as the
+// Array's own methods do for an array of one target.
+func (a *Array) LUNsOf(iqn string) (control.LUNManager, error) {
+	for _, t := range a.targets {
+		if strings.EqualFold(t.name, iqn) {
+			return &targetLUNs{a: a, t: t}, nil
+		}
+	}
+	return nil, control.NotFoundf("array %s: no target %q (targets: %s)", a.cfg.Name, iqn, strings.Join(a.Targets(), ", "))
+}
+
+// onlyTarget is the LUN management of the array's one target; with
+// several targets the caller must name one (LUNsOf).
+func (a *Array) onlyTarget(what string) (*targetLUNs, error) {
+	if len(a.targets) == 1 {
+		return &targetLUNs{a: a, t: a.targets[0]}, nil
+	}
+	return nil, control.Invalidf("array %s serves %d targets (%s): say which target's LUN to %s (LUN ids are per target)",
+		a.cfg.Name, len(a.targets), strings.Join(a.Targets(), ", "), what)
+}
+
+// AddLUN adds a LUN to the array's one target (control.LUNManager); an
+// array of several targets refuses it: use LUNsOf.
 func (a *Array) AddLUN(req control.AddLUNRequest) (control.LUN, error) {
-	spec, err := a.checkAddLUN(req)
+	m, err := a.onlyTarget("add")
+	if err != nil {
+		return control.LUN{}, err
+	}
+	return m.AddLUN(req)
+}
+
+// RemoveLUN removes a LUN of the array's one target (control.LUNManager);
+// an array of several targets refuses it: use LUNsOf.
+func (a *Array) RemoveLUN(id int) error {
+	m, err := a.onlyTarget("remove")
+	if err != nil {
+		return err
+	}
+	return m.RemoveLUN(id)
+}
+
+// ResizeLUN changes the size of a LUN of the array's one target
+// (control.LUNManager); an array of several targets refuses it: use LUNsOf.
+func (a *Array) ResizeLUN(id int, size string) (control.LUN, error) {
+	m, err := a.onlyTarget("resize")
+	if err != nil {
+		return control.LUN{}, err
+	}
+	return m.ResizeLUN(id, size)
+}
+
+// Checksum hashes a LUN of the array's one target as its store holds it
+// (control.LUNManager; see targetLUNs.Checksum); an array of several
+// targets refuses it: use LUNsOf.
+func (a *Array) Checksum(id int, offset, length int64) (string, error) {
+	m, err := a.onlyTarget("checksum")
+	if err != nil {
+		return "", err
+	}
+	return m.Checksum(id, offset, length)
+}
+
+// what names the target in errors: "array NAME, target IQN".
+func (m *targetLUNs) what() string { return "array " + m.a.cfg.Name + ", target " + m.t.name }
+
+// AddLUN adds a LUN to the target.
+func (m *targetLUNs) AddLUN(req control.AddLUNRequest) (control.LUN, error) {
+	a, sc := m.a, m.t.scsi
+	spec, err := m.checkAddLUN(req)
 	if err != nil {
 		return control.LUN{}, err
 	}
@@ -54,34 +132,40 @@ func (a *Array) AddLUN(req control.AddLUNRequest) (control.LUN, error) {
 	if a.closed {
 		return control.LUN{}, fmt.Errorf("array %s is closed", a.cfg.Name)
 	}
-	lus := a.scsi.lus()
+	lus := sc.lus()
 	if l := lus[uint64(req.ID)]; l != nil {
-		return control.LUN{}, control.Conflictf("array %s: LUN %d exists (%d bytes, %s); remove it first or choose another id (LUNs in use: %v)",
-			a.cfg.Name, req.ID, a.lunInfo(l).SizeBytes, a.lunInfo(l).NAA, slices.Sorted(maps.Keys(lus)))
+		return control.LUN{}, control.Conflictf("%s: LUN %d exists (%d bytes, %s); remove it first or choose another id (LUNs in use: %v)",
+			m.what(), req.ID, lunInfo(l).SizeBytes, lunInfo(l).NAA, slices.Sorted(maps.Keys(lus)))
 	}
 	if spec.backing == BackingFile {
-		for _, l := range lus {
-			if l.spec.backing == BackingFile && filepath.Clean(l.spec.path) == filepath.Clean(spec.path) {
-				return control.LUN{}, control.Conflictf("array %s: LUN %d already keeps its data in %s; give LUN %d its own image file", a.cfg.Name, l.id, spec.path, req.ID)
+		for _, t := range a.targets { // an image file belongs to one LUN of the whole array
+			for _, l := range t.scsi.lus() {
+				if l.spec.backing == BackingFile && filepath.Clean(l.spec.path) == filepath.Clean(spec.path) {
+					owner := fmt.Sprintf("LUN %d", l.id)
+					if t != m.t {
+						owner = fmt.Sprintf("LUN %d of target %s", l.id, t.name)
+					}
+					return control.LUN{}, control.Conflictf("%s: %s already keeps its data in %s; give LUN %d its own image file", m.what(), owner, spec.path, req.ID)
+				}
 			}
 		}
 	}
-	l, err := a.scsi.addLU(spec)
+	l, err := sc.addLU(spec)
 	if err != nil {
-		return control.LUN{}, fmt.Errorf("array %s: add %w", a.cfg.Name, err)
+		return control.LUN{}, fmt.Errorf("%s: add %w", m.what(), err)
 	}
 	others := make([]*lu, 0, len(lus))
 	for _, o := range lus {
 		others = append(others, o)
 	}
-	a.scsi.owe(uaReportedLUNsChanged, others...)
-	return a.lunInfo(l), nil
+	sc.owe(uaReportedLUNsChanged, others...)
+	return lunInfo(l), nil
 }
 
 // checkAddLUN validates an add request; errors are control.Invalidf.
-func (a *Array) checkAddLUN(req control.AddLUNRequest) (lunSpec, error) {
+func (m *targetLUNs) checkAddLUN(req control.AddLUNRequest) (lunSpec, error) {
 	bad := func(format string, args ...any) (lunSpec, error) {
-		return lunSpec{}, control.Invalidf("array %s: add LUN %d: "+format, append([]any{a.cfg.Name, req.ID}, args...)...)
+		return lunSpec{}, control.Invalidf("%s: add LUN %d: "+format, append([]any{m.what(), req.ID}, args...)...)
 	}
 	if req.ID < 0 || req.ID > maxLUN {
 		return bad("id: want 0..%d", maxLUN)
@@ -120,62 +204,65 @@ func (a *Array) checkAddLUN(req control.AddLUNRequest) (lunSpec, error) {
 	return spec, nil
 }
 
-// RemoveLUN removes a LUN from the target (control.LUNManager).
-func (a *Array) RemoveLUN(id int) error {
+// RemoveLUN removes a LUN of the target.
+func (m *targetLUNs) RemoveLUN(id int) error {
+	a, sc := m.a, m.t.scsi
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
 		return fmt.Errorf("array %s is closed", a.cfg.Name)
 	}
-	l, err := a.lunLocked(id)
+	l, err := m.lun(id)
 	if err != nil {
 		return err
 	}
-	a.scsi.removeLU(l)
-	a.scsi.owe(uaReportedLUNsChanged, slices.Collect(maps.Values(a.scsi.lus()))...)
+	sc.removeLU(l)
+	sc.owe(uaReportedLUNsChanged, slices.Collect(maps.Values(sc.lus()))...)
 	return nil
 }
 
-// ResizeLUN changes a LUN's size (control.LUNManager).
-func (a *Array) ResizeLUN(id int, size string) (control.LUN, error) {
+// ResizeLUN changes the size of a LUN of the target.
+func (m *targetLUNs) ResizeLUN(id int, size string) (control.LUN, error) {
+	a, sc := m.a, m.t.scsi
 	n, err := ParseSize(size)
 	if err != nil {
-		return control.LUN{}, control.Invalidf("array %s: resize LUN %d: size %v", a.cfg.Name, id, err)
+		return control.LUN{}, control.Invalidf("%s: resize LUN %d: size %v", m.what(), id, err)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
 		return control.LUN{}, fmt.Errorf("array %s is closed", a.cfg.Name)
 	}
-	l, err := a.lunLocked(id)
+	l, err := m.lun(id)
 	if err != nil {
 		return control.LUN{}, err
 	}
 	cur := l.size()
 	switch {
 	case n == cur:
-		return a.lunInfo(l), nil // capacity unchanged: nothing to tell hosts
+		return lunInfo(l), nil // capacity unchanged: nothing to tell hosts
 	case n < cur && !a.allowShrink:
-		return control.LUN{}, control.Invalidf("array %s: resize LUN %d to %s: that is smaller than its %d bytes, and this array only grows LUNs "+
-			"(shrinking loses the data past the new end; start the array with Options.AllowShrink to allow it)", a.cfg.Name, id, size, cur)
+		return control.LUN{}, control.Invalidf("%s: resize LUN %d to %s: that is smaller than its %d bytes, and this array only grows LUNs "+
+			"(shrinking loses the data past the new end; start the array with Options.AllowShrink to allow it)", m.what(), id, size, cur)
 	}
-	if err := a.scsi.resizeLU(l, n); err != nil {
-		return control.LUN{}, fmt.Errorf("array %s: resize LUN %d to %d bytes: %w", a.cfg.Name, id, n, err)
+	if err := sc.resizeLU(l, n); err != nil {
+		return control.LUN{}, fmt.Errorf("%s: resize LUN %d to %d bytes: %w", m.what(), id, n, err)
 	}
-	a.scsi.owe(uaCapacityChanged, l)
-	return a.lunInfo(l), nil
+	sc.owe(uaCapacityChanged, l)
+	return lunInfo(l), nil
 }
 
 // checksumChunk is how much Checksum reads at once, with gotgtMu shared.
 const checksumChunk = 1 << 20
 
-// Checksum is the SHA-256 (hex) of length bytes of a LUN from offset as its
-// backing store holds them, read from the store and not through iSCSI;
-// length 0 means to the end of the LUN (control.LUNManager). Writes that
-// run meanwhile may or may not be included.
-func (a *Array) Checksum(id int, offset, length int64) (string, error) {
+// Checksum is the SHA-256 (hex) of length bytes of a LUN of the target from
+// offset as its backing store holds them, read from the store and not
+// through iSCSI; length 0 means to the end of the LUN. Writes that run
+// meanwhile may or may not be included.
+func (m *targetLUNs) Checksum(id int, offset, length int64) (string, error) {
+	a := m.a
 	a.mu.Lock()
-	l, err := a.lunLocked(id)
+	l, err := m.lun(id)
 	closed := a.closed
 	a.mu.Unlock()
 	if closed {
@@ -186,20 +273,20 @@ func (a *Array) Checksum(id int, offset, length int64) (string, error) {
 	}
 	size := l.size()
 	if offset < 0 || length < 0 || offset > size {
-		return "", control.Invalidf("array %s: checksum of LUN %d: offset %d, length %d: want 0 <= offset <= %d (the LUN's size) and length >= 0", a.cfg.Name, id, offset, length, size)
+		return "", control.Invalidf("%s: checksum of LUN %d: offset %d, length %d: want 0 <= offset <= %d (the LUN's size) and length >= 0", m.what(), id, offset, length, size)
 	}
 	if length == 0 {
 		length = size - offset
 	}
 	if length > size-offset {
-		return "", control.Invalidf("array %s: checksum of LUN %d: %d bytes at offset %d end past the LUN's %d bytes", a.cfg.Name, id, length, offset, size)
+		return "", control.Invalidf("%s: checksum of LUN %d: %d bytes at offset %d end past the LUN's %d bytes", m.what(), id, length, offset, size)
 	}
 	h := sha256.New()
 	buf := make([]byte, min(length, checksumChunk))
 	for done := int64(0); done < length; {
 		n := min(int64(len(buf)), length-done)
-		if err := a.scsi.readLU(l, buf[:n], offset+done); err != nil {
-			return "", fmt.Errorf("array %s: checksum of LUN %d: %w", a.cfg.Name, id, err)
+		if err := m.t.scsi.readLU(l, buf[:n], offset+done); err != nil {
+			return "", fmt.Errorf("%s: checksum of LUN %d: %w", m.what(), id, err)
 		}
 		h.Write(buf[:n])
 		done += n
@@ -207,29 +294,30 @@ func (a *Array) Checksum(id int, offset, length int64) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// lunLocked finds a LUN by number; a.mu is held.
-func (a *Array) lunLocked(id int) (*lu, error) {
-	lus := a.scsi.lus()
+// lun finds a LUN of the target by number; a.mu is held.
+func (m *targetLUNs) lun(id int) (*lu, error) {
+	lus := m.t.scsi.lus()
 	if id >= 0 {
 		if l := lus[uint64(id)]; l != nil {
 			return l, nil
 		}
 	}
-	return nil, control.NotFoundf("array %s: no LUN %d (LUNs: %v)", a.cfg.Name, id, slices.Sorted(maps.Keys(lus)))
+	return nil, control.NotFoundf("%s: no LUN %d (LUNs: %v)", m.what(), id, slices.Sorted(maps.Keys(lus)))
 }
 
-// luns describes the target's LUNs in LUN order (Info).
-func (a *Array) luns() []control.LUN {
-	lus := a.scsi.lus()
+// luns describes a target's LUNs in LUN order (Info).
+func (a *Array) luns(t *target) []control.LUN {
+	lus := t.scsi.lus()
 	out := make([]control.LUN, 0, len(lus))
 	for _, id := range slices.Sorted(maps.Keys(lus)) {
-		out = append(out, a.lunInfo(lus[id]))
+		out = append(out, lunInfo(lus[id]))
 	}
 	return out
 }
 
-func (a *Array) lunInfo(l *lu) control.LUN {
-	return control.LUN{ID: int(l.id), NAA: NAA(a.cfg.Name, int(l.id)), SizeBytes: l.size()}
+// lunInfo describes an LU; its NAA is the one VPD page 0x83 reports.
+func lunInfo(l *lu) control.LUN {
+	return control.LUN{ID: int(l.id), NAA: fmt.Sprintf("naa.%016x", uint64(3)<<60|l.devID), SizeBytes: l.size()}
 }
 
 // size is the LU's capacity in bytes.
@@ -355,6 +443,7 @@ func (s *fileStore) resize(size int64) error {
 
 var (
 	_ control.LUNManager = (*Array)(nil)
+	_ control.LUNManager = (*targetLUNs)(nil)
 	_ resizable          = (*memoryStore)(nil)
 	_ resizable          = (*fileStore)(nil)
 )

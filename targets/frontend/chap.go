@@ -10,12 +10,12 @@ import (
 	"github.com/certkit/certkit/iscsi"
 )
 
-// Auth is a target's CHAP configuration (RFC 7143 §12.1.3 over RFC 1994,
-// MD5: CHAP_A=5). The zero value is no authentication: every login uses
-// AuthMethod=None.
+// Auth is a CHAP configuration (RFC 7143 §12.1.3 over RFC 1994, MD5:
+// CHAP_A=5) of a target or of discovery sessions (Config.DiscoveryAuth).
+// The zero value is no authentication: logins use AuthMethod=None.
 //
-// With Secret set, every login to the target, discovery sessions included,
-// must authenticate with CHAP as Name with Secret; an initiator that offers
+// With Secret set, every login it governs must authenticate with CHAP as
+// Name with Secret; an initiator that offers
 // only None, skips the security stage or answers wrongly gets Login status
 // 0x0201 (authentication failure). MutualName and MutualSecret are what the
 // target answers when the initiator challenges it in turn (mutual CHAP);
@@ -52,46 +52,53 @@ func (a Auth) GoString() string { return "frontend.Auth{" + a.String() + "}" }
 // Login status details of access control (RFC 7143 §11.13.5).
 const statusAuthzFailure uint16 = 0x0202 // initiator not allowed to access the target
 
-// validateAccess checks Auth and ACL; errors name the field, never a
-// secret's value.
-func (c *Config) validateAccess() error {
-	a := c.Auth
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("frontend: target %s: "+format, append([]any{c.TargetName}, args...)...)
-	}
+// validate checks a CHAP configuration; field names it in errors (Auth,
+// Targets[1].Auth, DiscoveryAuth), which never show a secret's value.
+func (a Auth) validate(field string) error {
 	switch {
 	case a.Secret == "" && (a.Name != "" || a.MutualName != "" || a.MutualSecret != ""):
-		return bad("Auth.Secret is empty while other Auth fields are set; set Auth.Name and Auth.Secret for CHAP, or leave Auth empty")
+		return fmt.Errorf("%s.Secret is empty while other %s fields are set; set %s.Name and %s.Secret for CHAP, or leave %s empty", field, field, field, field, field)
 	case a.Secret == "":
 	case a.Name == "":
-		return bad("Auth.Name is empty; set the CHAP name initiators authenticate as")
+		return fmt.Errorf("%s.Name is empty; set the CHAP name initiators authenticate as", field)
 	case len(a.Secret) < MinCHAPSecret:
-		return bad("Auth.Secret is %d bytes; CHAP secrets need at least %d (RFC 7143 §9.2.1)", len(a.Secret), MinCHAPSecret)
+		return fmt.Errorf("%s.Secret is %d bytes; CHAP secrets need at least %d (RFC 7143 §9.2.1)", field, len(a.Secret), MinCHAPSecret)
 	case a.MutualSecret == "" && a.MutualName != "":
-		return bad("Auth.MutualName is set but Auth.MutualSecret is empty; set both for mutual CHAP")
+		return fmt.Errorf("%s.MutualName is set but %s.MutualSecret is empty; set both for mutual CHAP", field, field)
 	case a.MutualSecret == "":
 	case a.MutualName == "":
-		return bad("Auth.MutualName is empty; set the CHAP name the target answers with in mutual CHAP")
+		return fmt.Errorf("%s.MutualName is empty; set the CHAP name the target answers with in mutual CHAP", field)
 	case len(a.MutualSecret) < MinCHAPSecret:
-		return bad("Auth.MutualSecret is %d bytes; CHAP secrets need at least %d (RFC 7143 §9.2.1)", len(a.MutualSecret), MinCHAPSecret)
+		return fmt.Errorf("%s.MutualSecret is %d bytes; CHAP secrets need at least %d (RFC 7143 §9.2.1)", field, len(a.MutualSecret), MinCHAPSecret)
 	case a.MutualSecret == a.Secret:
-		return bad("Auth.MutualSecret equals Auth.Secret; RFC 7143 §9.2.1 wants a different secret in each direction")
-	}
-	for i, name := range c.ACL {
-		if strings.TrimSpace(name) == "" {
-			return bad("ACL[%d] is empty; list initiator IQNs, or leave ACL empty to allow every initiator", i)
-		}
+		return fmt.Errorf("%s.MutualSecret equals %s.Secret; RFC 7143 §9.2.1 wants a different secret in each direction", field, field)
 	}
 	return nil
 }
 
-// allowed reports whether the ACL lets initiator (an IQN; iSCSI names
-// compare case-insensitively) access the target.
-func (s *Server) allowed(initiator string) bool {
-	if len(s.cfg.ACL) == 0 {
+// discoveryAuth is the CHAP account discovery sessions need (see
+// Config.DiscoveryAuth): the configured one, else the one account every
+// target shares, else none.
+func discoveryAuth(configured Auth, targets []*Target) Auth {
+	if configured.Enabled() {
+		return configured
+	}
+	shared := targets[0].Auth
+	for _, t := range targets[1:] {
+		if t.Auth != shared {
+			return Auth{}
+		}
+	}
+	return shared
+}
+
+// allowed reports whether the target's ACL lets initiator (an IQN; iSCSI
+// names compare case-insensitively) access it.
+func (t *Target) allowed(initiator string) bool {
+	if len(t.ACL) == 0 {
 		return true
 	}
-	for _, name := range s.cfg.ACL {
+	for _, name := range t.ACL {
 		if strings.EqualFold(strings.TrimSpace(name), initiator) {
 			return true
 		}
@@ -116,30 +123,44 @@ type loginAuth struct {
 	challenge []byte
 }
 
-// checkAccess runs on a login's first request, once the initiator and the
-// session type are known: the ACL, and CHAP's demand for a security stage.
+// checkAccess runs on a login's first request, once the initiator, the
+// session type and (for a normal session) the target are known: the
+// target's ACL, and CHAP's demand for a security stage. It settles which
+// CHAP account the login answers to: the target's, or discovery's.
 //
 // An initiator not in the ACL gets 0x0202 for a normal session, as LIO
 // answers (tgtd answers 0x0203, target not found); its discovery session
 // succeeds, but SendTargets lists nothing to it, as both tgtd and LIO
 // (demo_mode_discovery=0) do.
 func (l *loginConn) checkAccess(csg int) error {
-	cfg := &l.srv.cfg
-	if !l.discovery && !l.srv.allowed(l.initiator) {
-		return failLogin(statusAuthzFailure, "initiator %s is not in the ACL of target %s; add it to the target's acl", l.initiator, cfg.TargetName)
+	if l.discovery {
+		l.acct = l.srv.discovery
+	} else {
+		if !l.tgt.allowed(l.initiator) {
+			return failLogin(statusAuthzFailure, "initiator %s is not in the ACL of target %s; add it to the target's acl", l.initiator, l.tgt.Name)
+		}
+		l.acct = l.tgt.Auth
 	}
-	if cfg.Auth.Enabled() && csg != stageSecurity {
-		return failLogin(statusAuthFailure, "initiator %s skipped the security stage; target %s requires CHAP", l.initiator, cfg.TargetName)
+	if l.acct.Enabled() && csg != stageSecurity {
+		return failLogin(statusAuthFailure, "initiator %s skipped the security stage; %s requires CHAP", l.initiator, l.what())
 	}
 	return nil
+}
+
+// what names what the login is for in errors: "target IQN" or
+// "discovery".
+func (l *loginConn) what() string {
+	if l.tgt == nil {
+		return "discovery"
+	}
+	return "target " + l.tgt.Name
 }
 
 // authenticate takes the security keys (AuthMethod, CHAP_*) out of one
 // login request of the security stage when the target requires CHAP,
 // adds its answers to out, and returns the other keys.
 func (l *loginConn) authenticate(kv iscsi.Text, csg int, out *iscsi.Text) (iscsi.Text, error) {
-	cfg := &l.srv.cfg
-	if !cfg.Auth.Enabled() || csg != stageSecurity {
+	if !l.acct.Enabled() || csg != stageSecurity {
 		return kv, nil
 	}
 	var rest, keys iscsi.Text
@@ -156,7 +177,7 @@ func (l *loginConn) authenticate(kv iscsi.Text, csg int, out *iscsi.Text) (iscsi
 	}
 	if offered && l.auth.step == chapNone { // a key negotiates once; repeats are ignored
 		if !hasValue(method, "CHAP") {
-			return nil, failLogin(statusAuthFailure, "initiator %s offered AuthMethod=%s; target %s requires CHAP", l.initiator, method, cfg.TargetName)
+			return nil, failLogin(statusAuthFailure, "initiator %s offered AuthMethod=%s; %s requires CHAP", l.initiator, method, l.what())
 		}
 		out.Add("AuthMethod", "CHAP")
 		l.auth.step = chapChosen
@@ -200,8 +221,8 @@ func (l *loginConn) challenge(algs string, out *iscsi.Text) error {
 // verify checks the initiator's CHAP_N and CHAP_R and, when it sent
 // CHAP_I and CHAP_C, answers them (mutual CHAP).
 func (l *loginConn) verify(keys iscsi.Text, out *iscsi.Text) error {
-	a := &l.srv.cfg.Auth
-	target := l.srv.cfg.TargetName
+	a := &l.acct
+	target := l.what()
 	for _, p := range keys {
 		switch p.Key {
 		case "CHAP_N", "CHAP_R", "CHAP_I", "CHAP_C":
@@ -248,11 +269,11 @@ func (l *loginConn) verify(keys iscsi.Text, out *iscsi.Text) error {
 		if name != a.Name {
 			why = fmt.Sprintf("CHAP_N %q is not the configured name", name)
 		}
-		return failLogin(statusAuthFailure, "initiator %s failed CHAP authentication to target %s: %s", l.initiator, target, why)
+		return failLogin(statusAuthFailure, "initiator %s failed CHAP authentication to %s: %s", l.initiator, target, why)
 	}
 	if okI {
 		if a.MutualSecret == "" {
-			return failLogin(statusAuthFailure, "initiator %s asked target %s for mutual CHAP, which is not configured here (set the target's mutual name and secret)", l.initiator, target)
+			return failLogin(statusAuthFailure, "initiator %s asked %s for mutual CHAP, which is not configured here (set its mutual name and secret)", l.initiator, target)
 		}
 		out.Add("CHAP_N", a.MutualName)
 		out.Add("CHAP_R", iscsi.EncodeBinary(iscsi.CHAPResponse(mid, a.MutualSecret, mc)))
@@ -265,11 +286,11 @@ func (l *loginConn) verify(keys iscsi.Text, out *iscsi.Text) error {
 // may: not before CHAP has finished, when the target requires it. A request
 // that leaves without ever agreeing on CHAP fails the login.
 func (l *loginConn) authGate(csg int, transit bool) (bool, error) {
-	if !l.srv.cfg.Auth.Enabled() || csg != stageSecurity || l.auth.step == chapDone {
+	if !l.acct.Enabled() || csg != stageSecurity || l.auth.step == chapDone {
 		return transit, nil
 	}
 	if transit && l.auth.step == chapNone {
-		return false, failLogin(statusAuthFailure, "initiator %s left the security stage without authenticating; target %s requires CHAP", l.initiator, l.srv.cfg.TargetName)
+		return false, failLogin(statusAuthFailure, "initiator %s left the security stage without authenticating; %s requires CHAP", l.initiator, l.what())
 	}
 	return false, nil
 }

@@ -112,6 +112,8 @@ type loginConn struct {
 	cid        uint16
 	itt        uint32
 	cmdSN      uint32
+	tgt        *Target // the target of a normal session, once named
+	acct       Auth    // the CHAP account this login answers to (checkAccess)
 	authDone   bool
 	auth       loginAuth
 	identified bool // first request's identity keys checked
@@ -221,7 +223,6 @@ func (l *loginConn) begin(req *iscsi.PDU) error {
 }
 
 func (l *loginConn) negotiate(kv iscsi.Text, csg int, out *iscsi.Text) error {
-	cfg := &l.srv.cfg
 	if !l.identified {
 		l.identified = true
 		name, ok := kv.Get("InitiatorName")
@@ -242,8 +243,8 @@ func (l *loginConn) negotiate(kv iscsi.Text, csg int, out *iscsi.Text) error {
 			if !ok || tn == "" {
 				return failLogin(statusMissingParameter, "normal session login lacks TargetName")
 			}
-			if !strings.EqualFold(tn, cfg.TargetName) {
-				return failLogin(statusNotFound, "target %q is not served here (this is %s)", tn, cfg.TargetName)
+			if l.tgt = l.srv.target(tn); l.tgt == nil {
+				return failLogin(statusNotFound, "target %q is not served here (targets: %s)", tn, strings.Join(l.srv.Targets(), ", "))
 			}
 		}
 		if l.tsih != 0 && l.discovery {
@@ -402,7 +403,7 @@ func (l *loginConn) finish(out iscsi.Text) (*session, error) {
 		l.par.ourRecv = l.srv.cfg.MaxRecvDataSegmentLength
 	}
 	sess := newSession(l.srv, l.c, bufio.NewReaderSize(l.c, rxBufferSize), l.p, l.par)
-	sess.initiator, sess.alias, sess.isid, sess.discovery = l.initiator, l.alias, l.isid, l.discovery
+	sess.initiator, sess.alias, sess.isid, sess.discovery, sess.tgt = l.initiator, l.alias, l.isid, l.discovery, l.tgt
 	sess.cid = l.cid
 	sess.expCmdSN = l.cmdSN
 	sess.maxSent = l.cmdSN + uint32(l.srv.cfg.QueueDepth) - 1 // what the login response advertises
@@ -410,12 +411,12 @@ func (l *loginConn) finish(out iscsi.Text) (*session, error) {
 		return nil, failLogin(st, "%v", err)
 	}
 	if !l.discovery {
-		sess.nexus = &api.ITNexus{Tag: fmt.Sprintf("%s,i,0x%x,%s,t,0x%04x", sess.initiator, sess.isid, l.srv.cfg.TargetName, sess.tpgt)}
+		sess.nexus = &api.ITNexus{Tag: fmt.Sprintf("%s,i,0x%x,%s,t,0x%04x", sess.initiator, sess.isid, l.tgt.Name, sess.tpgt)}
 		// The same I_T nexus (initiator port + target port) keeps its ID
 		// across sessions, as SCSI reservations expect.
 		sum := sha256.Sum256([]byte(strings.ToLower(sess.nexus.Tag)))
 		copy(sess.nexus.ID[:], sum[:16])
-		if err := l.srv.cfg.SCSI.AddNexus(sess.nexus); err != nil {
+		if err := l.tgt.SCSI.AddNexus(sess.nexus); err != nil {
 			l.srv.unregister(sess)
 			return nil, failLogin(statusTargetError, "register I_T nexus %s: %v", sess.nexus.Tag, err)
 		}
@@ -430,7 +431,7 @@ func (l *loginConn) finish(out iscsi.Text) (*session, error) {
 	if l.discovery {
 		kind = "discovery"
 	}
-	l.srv.logf("portal %s: %s session TSIH %d from %s (%s ISID %x)", l.p.ln.Addr(), kind, sess.tsih, l.c.RemoteAddr(), l.initiator, l.isid)
+	l.srv.logf("portal %s: %s session TSIH %d from %s (%s ISID %x) at %s", l.p.ln.Addr(), kind, sess.tsih, l.c.RemoteAddr(), l.initiator, l.isid, sess.targetName())
 	return sess, nil
 }
 

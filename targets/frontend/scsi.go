@@ -112,7 +112,7 @@ func (s *session) callSCSI(cmd *api.SCSICommand) {
 			setSense(cmd, 0x04, 0x44, 0x00)
 		}
 	}()
-	s.srv.cfg.SCSI.Execute(cmd)
+	s.tgt.SCSI.Execute(cmd)
 }
 
 // setSense makes cmd end with CHECK CONDITION and fixed-format sense.

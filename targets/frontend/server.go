@@ -1,8 +1,10 @@
 // Package frontend is certkit's iSCSI target session layer (RFC 7143): it
-// listens on the portals of one target, runs login (AuthMethod None or CHAP) and
-// operational negotiation, discovery (SendTargets) and full-feature sessions,
-// and hands every SCSI command, fully built as a gotgt api.SCSICommand, to a
-// SCSI layer (see SCSI; targets/array wires gotgt's in).
+// listens on a set of portals and serves one or more targets on every one
+// of them, as an array does; it runs login (AuthMethod None or CHAP) and
+// operational negotiation, discovery (SendTargets) and full-feature
+// sessions, and hands every SCSI command, fully built as a gotgt
+// api.SCSICommand, to the SCSI layer of the session's target (see SCSI;
+// targets/array wires gotgt's in).
 //
 // Commands are delivered in CmdSN order and executed by their task
 // attribute: SIMPLE ones side by side on a few workers per session, ORDERED
@@ -14,7 +16,8 @@
 // Defect are configured in Config.
 //
 // Scope: ErrorRecoveryLevel 0, one connection per session; CHAP (one-way,
-// mutual) and an initiator ACL per target (Config.Auth, Config.ACL).
+// mutual) and an initiator ACL per target (Target.Auth, Target.ACL), and
+// CHAP for discovery sessions (Config.DiscoveryAuth).
 // gotgt's own session layer (pkg/port/iscsit) is not used: it loses the
 // command after a non-immediate NOP-Out (see ../shared/notes/gotgt.md).
 package frontend
@@ -24,7 +27,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,7 +37,8 @@ import (
 	"github.com/gostor/gotgt/pkg/api"
 )
 
-// SCSI is the SCSI layer behind a Server. Execute runs one command
+// SCSI is the SCSI layer behind one target of a Server; it sees only the
+// sessions and commands of its target. Execute runs one command
 // synchronously; on return cmd.Result, cmd.SenseBuffer, cmd.InSDBBuffer
 // (data and gotgt's Resid) and cmd.TL describe the outcome, as gotgt's
 // SCSITargetService.AddCommandQueue leaves them; for a READ, InSDBBuffer.Resid
@@ -50,25 +56,58 @@ type SCSI interface {
 // Resetter is implemented by a SCSI layer that keeps state a reset must
 // clear (reservations, unit attentions owed). For a LOGICAL UNIT RESET or
 // TARGET WARM RESET the front end first aborts the affected tasks of every
-// session, then calls ResetLU (lun is the LUN number) or ResetTarget with
-// the nexus of the session that asked.
+// session of the target, then calls ResetLU (lun is the LUN number) or
+// ResetTarget with the nexus of the session that asked.
 type Resetter interface {
 	ResetLU(n *api.ITNexus, lun uint64)
 	ResetTarget(n *api.ITNexus)
 }
 
-// Portal is one listening address of the target and its portal group.
+// Portal is one listening address and its portal group. Every target of
+// the server is reachable through every portal.
 type Portal struct {
 	Listen string // host:port to bind exactly; port 0 picks one
 	TPGT   uint16 // target portal group tag; also the SCSI relative target port ID
 }
 
-// Config describes the target a Server serves. Zero values take the defaults
-// named on each field.
+// Target is one iSCSI target of a Server: its name, the SCSI layer its
+// sessions' commands go to, and who may log in to it. Auth, when its
+// Secret is set, requires CHAP at every login to the target; ACL lists the
+// initiator IQNs allowed to log in (and to see the target in SendTargets);
+// empty allows every initiator. chap.go has both.
+type Target struct {
+	Name string // IQN; unique (case-insensitively) among the server's targets
+	SCSI SCSI
+	Auth Auth
+	ACL  []string
+}
+
+// Config describes the targets a Server serves and its portals. Zero values
+// take the defaults named on each field.
 type Config struct {
+	// Targets are served on every portal; a login picks one by its
+	// TargetName key.
+	Targets []Target
+
+	// TargetName, SCSI, Auth and ACL are the shorthand for a server of one
+	// target: the same as Targets: []Target{{TargetName, SCSI, Auth, ACL}}.
+	// Set either them or Targets, not both.
 	TargetName string // IQN
-	Portals    []Portal
 	SCSI       SCSI
+	Auth       Auth
+	ACL        []string
+
+	// DiscoveryAuth, when its Secret is set, requires CHAP at every
+	// discovery login. When it is not set, discovery needs CHAP only if
+	// every target requires the same CHAP account (always so for one target
+	// with Auth set), and then that account: a host that is given the
+	// array's one account logs in to discovery and targets alike. Targets
+	// with different accounts leave discovery open, as Linux's target does
+	// by default (discovery_auth is separate there too); SendTargets lists
+	// only the targets whose ACL allows the initiator either way.
+	DiscoveryAuth Auth
+
+	Portals []Portal
 
 	QueueDepth   int           // CmdSN window, MaxCmdSN-ExpCmdSN+1 when idle; default 128
 	LoginTimeout time.Duration // a connection must finish login within it; default 15s
@@ -93,12 +132,6 @@ type Config struct {
 	// Defect makes the target misbehave on purpose, as a negative control
 	// for initiator tests. The zero value is a correct target.
 	Defect Defect
-
-	// Auth, when its Secret is set, requires CHAP at every login,
-	// discovery included (see Auth). ACL lists the initiator IQNs allowed
-	// to log in; empty allows every initiator. chap.go has both.
-	Auth Auth
-	ACL  []string
 
 	// Offers in operational negotiation (the initiator's values are honoured
 	// when smaller).
@@ -153,37 +186,105 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// targets returns the served targets: Targets, or the one the shorthand
+// fields describe.
+func (c *Config) targets() []Target {
+	if len(c.Targets) > 0 {
+		return c.Targets
+	}
+	return []Target{{Name: c.TargetName, SCSI: c.SCSI, Auth: c.Auth, ACL: c.ACL}}
+}
+
+// label names the server in errors and logs: "target IQN", or "targets
+// IQN1, IQN2".
+func (c *Config) label() string {
+	ts := c.targets()
+	if len(ts) == 1 {
+		return "target " + ts[0].Name
+	}
+	names := make([]string, len(ts))
+	for i, t := range ts {
+		names[i] = t.Name
+	}
+	return "targets " + strings.Join(names, ", ")
+}
+
 func (c *Config) validate() error {
-	if c.TargetName == "" {
-		return errors.New("frontend: TargetName is empty: set the target's IQN")
+	if len(c.Targets) > 0 && (c.TargetName != "" || c.SCSI != nil || c.Auth != (Auth{}) || len(c.ACL) > 0) {
+		return errors.New("frontend: both Targets and the one-target fields (TargetName, SCSI, Auth, ACL) are set: " +
+			"list every target in Targets, or drop Targets and use the one-target fields")
 	}
+	if err := c.validateTargets(); err != nil {
+		return err
+	}
+	label := c.label()
 	if len(c.Portals) == 0 {
-		return fmt.Errorf("frontend: target %s has no portals: give at least one listen address", c.TargetName)
-	}
-	if c.SCSI == nil {
-		return fmt.Errorf("frontend: target %s has no SCSI layer: set Config.SCSI", c.TargetName)
+		return fmt.Errorf("frontend: %s: no portals: give at least one listen address", label)
 	}
 	for _, v := range []struct {
 		name string
 		v    uint32
 	}{{"MaxRecvDataSegmentLength", c.MaxRecvDataSegmentLength}, {"FirstBurstLength", c.FirstBurstLength}, {"MaxBurstLength", c.MaxBurstLength}} {
 		if v.v < 512 || v.v > 1<<24-1 {
-			return fmt.Errorf("frontend: target %s: %s %d is outside 512..16777215", c.TargetName, v.name, v.v)
+			return fmt.Errorf("frontend: %s: %s %d is outside 512..16777215", label, v.name, v.v)
 		}
 	}
 	if c.QueueDepth > 1<<20 {
-		return fmt.Errorf("frontend: target %s: QueueDepth %d is too large (at most 1048576)", c.TargetName, c.QueueDepth)
+		return fmt.Errorf("frontend: %s: QueueDepth %d is too large (at most 1048576)", label, c.QueueDepth)
 	}
 	if c.Concurrency > 4096 {
-		return fmt.Errorf("frontend: target %s: Concurrency %d is too large (at most 4096)", c.TargetName, c.Concurrency)
+		return fmt.Errorf("frontend: %s: Concurrency %d is too large (at most 4096)", label, c.Concurrency)
 	}
 	if c.NopInInterval < 0 {
-		return fmt.Errorf("frontend: target %s: NopInInterval %v is negative; use 0 to turn pings off", c.TargetName, c.NopInInterval)
+		return fmt.Errorf("frontend: %s: NopInInterval %v is negative; use 0 to turn pings off", label, c.NopInInterval)
 	}
 	if c.Defect.CloseWindowAfter < 0 {
-		return fmt.Errorf("frontend: target %s: Defect.CloseWindowAfter %d is negative; use 0 for a correct target", c.TargetName, c.Defect.CloseWindowAfter)
+		return fmt.Errorf("frontend: %s: Defect.CloseWindowAfter %d is negative; use 0 for a correct target", label, c.Defect.CloseWindowAfter)
 	}
-	return c.validateAccess() // chap.go
+	if err := c.DiscoveryAuth.validate("DiscoveryAuth"); err != nil {
+		return fmt.Errorf("frontend: %s: %w", label, err)
+	}
+	return nil
+}
+
+// validateTargets checks each target's name, SCSI layer, Auth and ACL;
+// errors name the target's field (Targets[1].Auth.Secret, or Auth.Secret
+// for the one-target shorthand).
+func (c *Config) validateTargets() error {
+	short := len(c.Targets) == 0
+	seen := map[string]int{}
+	for i, t := range c.targets() {
+		field, prefix := fmt.Sprintf("Targets[%d]", i), fmt.Sprintf("Targets[%d].", i)
+		if short {
+			field, prefix = "TargetName", ""
+		}
+		if t.Name == "" {
+			if short {
+				return errors.New("frontend: TargetName is empty: set the target's IQN, or list the targets in Targets")
+			}
+			return fmt.Errorf("frontend: %s.Name is empty: set the target's IQN", field)
+		}
+		who := fmt.Sprintf("frontend: target %s", t.Name)
+		if !short {
+			who = fmt.Sprintf("frontend: %s (%s)", field, t.Name)
+		}
+		if j, dup := seen[strings.ToLower(t.Name)]; dup {
+			return fmt.Errorf("%s: the name is also Targets[%d]'s (iSCSI names compare case-insensitively); give each target its own IQN", who, j)
+		}
+		seen[strings.ToLower(t.Name)] = i
+		if t.SCSI == nil {
+			return fmt.Errorf("%s has no SCSI layer: set %sSCSI", who, prefix)
+		}
+		if err := t.Auth.validate(prefix + "Auth"); err != nil {
+			return fmt.Errorf("%s: %w", who, err)
+		}
+		for j, name := range t.ACL {
+			if strings.TrimSpace(name) == "" {
+				return fmt.Errorf("%s: %sACL[%d] is empty; list initiator IQNs, or leave ACL empty to allow every initiator", who, prefix, j)
+			}
+		}
+	}
+	return nil
 }
 
 type portal struct {
@@ -202,18 +303,24 @@ func (p *portal) advertised() string {
 	return p.advertise
 }
 
-// sessionKey names an I_T nexus: a new login for the same key reinstates
-// (replaces) the session.
+// sessionKey names a session (RFC 7143 §4.4.3: initiator name, ISID,
+// target name, TPGT): a new login for the same key reinstates (replaces)
+// the session. target is the target's name in lower case.
 type sessionKey struct {
 	initiator string
 	isid      [6]byte
+	target    string
 	tpgt      uint16
 }
 
-// Server serves one target on its portals.
+// Server serves its targets on its portals.
 type Server struct {
-	cfg     Config
-	portals []*portal
+	cfg       Config
+	label     string    // "target IQN" or "targets IQN1, IQN2": errors and logs
+	targets   []*Target // every target, in Config order
+	byName    map[string]*Target
+	discovery Auth // CHAP of discovery sessions (Config.DiscoveryAuth)
+	portals   []*portal
 
 	mu       sync.Mutex
 	closed   bool
@@ -234,17 +341,25 @@ func Listen(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:      cfg,
+		label:    cfg.label(),
+		byName:   map[string]*Target{},
 		conns:    map[net.Conn]struct{}{},
 		sessions: map[sessionKey]*session{},
 		byTSIH:   map[uint16]*session{},
 	}
+	for _, t := range cfg.targets() {
+		t.ACL = slices.Clone(t.ACL)
+		s.targets = append(s.targets, &t)
+		s.byName[strings.ToLower(t.Name)] = &t
+	}
+	s.discovery = discoveryAuth(cfg.DiscoveryAuth, s.targets) // chap.go
 	for _, p := range cfg.Portals {
 		ln, err := net.Listen("tcp", p.Listen)
 		if err != nil {
 			for _, q := range s.portals {
 				q.ln.Close()
 			}
-			return nil, fmt.Errorf("frontend: target %s: listen on portal %s (TPGT %d): %w; use a free local address", cfg.TargetName, p.Listen, p.TPGT, err)
+			return nil, fmt.Errorf("frontend: %s: listen on portal %s (TPGT %d): %w; use a free local address", s.label, p.Listen, p.TPGT, err)
 		}
 		s.portals = append(s.portals, &portal{ln: ln, tpgt: p.TPGT, advertise: ln.Addr().String()})
 	}
@@ -254,6 +369,18 @@ func Listen(cfg Config) (*Server, error) {
 	}
 	return s, nil
 }
+
+// Targets returns the names of the served targets, in Config order.
+func (s *Server) Targets() []string {
+	names := make([]string, len(s.targets))
+	for i, t := range s.targets {
+		names[i] = t.Name
+	}
+	return names
+}
+
+// target finds a served target by name (case-insensitively); nil if none.
+func (s *Server) target(name string) *Target { return s.byName[strings.ToLower(name)] }
 
 // Addrs returns the bound address of each portal, in Config.Portals order.
 func (s *Server) Addrs() []string {
@@ -269,10 +396,10 @@ func (s *Server) Addrs() []string {
 // portal advertises its bound address.
 func (s *Server) Advertise(i int, addr string) error {
 	if i < 0 || i >= len(s.portals) {
-		return fmt.Errorf("frontend: target %s: no portal %d (have %d)", s.cfg.TargetName, i, len(s.portals))
+		return fmt.Errorf("frontend: %s: no portal %d (have %d)", s.label, i, len(s.portals))
 	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return fmt.Errorf("frontend: target %s: advertised address %q for portal %d: %w", s.cfg.TargetName, addr, i, err)
+		return fmt.Errorf("frontend: %s: advertised address %q for portal %d: %w", s.label, addr, i, err)
 	}
 	p := s.portals[i]
 	p.mu.Lock()
@@ -302,7 +429,7 @@ func (s *Server) Close() error {
 }
 
 func (s *Server) logf(format string, args ...any) {
-	s.cfg.Logf("frontend: target "+s.cfg.TargetName+": "+format, args...)
+	s.cfg.Logf("frontend: "+s.label+": "+format, args...)
 }
 
 func (s *Server) accept(p *portal) {
@@ -341,14 +468,14 @@ func (s *Server) start(c net.Conn, p *portal) error {
 		if n&(n-1) == 0 { // 1, 2, 4, 8, ...: a flood does not flood the log
 			s.logf("portal %s: refused %d connection(s) past the caps (%d open, %d in login)", p.ln.Addr(), n, s.cfg.MaxConnections, s.cfg.MaxLogins)
 		}
-		return fmt.Errorf("frontend: target %s: portal %s: at its connection caps (%d open, %d in login)", s.cfg.TargetName, p.ln.Addr(), s.cfg.MaxConnections, s.cfg.MaxLogins)
+		return fmt.Errorf("frontend: %s: portal %s: at its connection caps (%d open, %d in login)", s.label, p.ln.Addr(), s.cfg.MaxConnections, s.cfg.MaxLogins)
 	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		c.Close()
 		p.leave(true)
-		return fmt.Errorf("frontend: target %s: %w", s.cfg.TargetName, errServerClosed)
+		return fmt.Errorf("frontend: %s: %w", s.label, errServerClosed)
 	}
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
@@ -366,7 +493,7 @@ func (s *Server) start(c net.Conn, p *portal) error {
 func (s *Server) ServeConn(i int, c net.Conn) error {
 	if i < 0 || i >= len(s.portals) {
 		c.Close()
-		return fmt.Errorf("frontend: target %s: no portal %d (have %d)", s.cfg.TargetName, i, len(s.portals))
+		return fmt.Errorf("frontend: %s: no portal %d (have %d)", s.label, i, len(s.portals))
 	}
 	return s.start(c, s.portals[i])
 }
@@ -427,7 +554,7 @@ func (s *Server) serve(c net.Conn, p *portal) {
 // and awaiting) an older one, and gives it a TSIH. wantTSIH non-zero is a
 // login that names an existing session.
 func (s *Server) register(sess *session, wantTSIH uint16) (status uint16, err error) {
-	key := sessionKey{sess.initiator, sess.isid, sess.tpgt}
+	key := sess.key()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -440,12 +567,12 @@ func (s *Server) register(sess *session, wantTSIH uint16) (status uint16, err er
 	if wantTSIH != 0 {
 		if old == nil || old.tsih != wantTSIH {
 			s.mu.Unlock()
-			return statusSessionMissing, fmt.Errorf("no session with TSIH %d for %s ISID %x", wantTSIH, sess.initiator, sess.isid)
+			return statusSessionMissing, fmt.Errorf("no session with TSIH %d for %s ISID %x at %s", wantTSIH, sess.initiator, sess.isid, sess.targetName())
 		}
 	}
 	s.mu.Unlock()
 	if old != nil {
-		s.logf("reinstating session TSIH %d of %s ISID %x", old.tsih, old.initiator, old.isid)
+		s.logf("reinstating session TSIH %d of %s ISID %x at %s", old.tsih, old.initiator, old.isid, old.targetName())
 		old.close()
 		t := time.NewTimer(s.cfg.LoginTimeout)
 		defer t.Stop()
@@ -461,7 +588,7 @@ func (s *Server) register(sess *session, wantTSIH uint16) (status uint16, err er
 		return statusServiceUnavailable, errors.New("server closing")
 	}
 	if cur := s.sessions[key]; cur != nil && !sess.discovery {
-		return statusTargetError, fmt.Errorf("a concurrent login for %s ISID %x won", sess.initiator, sess.isid)
+		return statusTargetError, fmt.Errorf("a concurrent login for %s ISID %x at %s won", sess.initiator, sess.isid, sess.targetName())
 	}
 	tsih := wantTSIH
 	if tsih == 0 {
@@ -490,12 +617,45 @@ func (s *Server) register(sess *session, wantTSIH uint16) (status uint16, err er
 func (s *Server) unregister(sess *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	key := sessionKey{sess.initiator, sess.isid, sess.tpgt}
+	key := sess.key()
 	if s.sessions[key] == sess {
 		delete(s.sessions, key)
 	}
 	if s.byTSIH[sess.tsih] == sess {
 		delete(s.byTSIH, sess.tsih)
+	}
+}
+
+// sendTargets answers SendTargets=value (RFC 7143 §12.3, appendix C) for a
+// session of initiator: All lists every target the initiator's ACL
+// allows; a target name lists that target if allowed; an empty value
+// lists the session's own target in a normal session, and is All in a
+// discovery session. Each target comes with every portal, as each is
+// reachable through all of them.
+func (s *Server) sendTargets(value, initiator string, own *Target, out *iscsi.Text) {
+	var list []*Target
+	switch {
+	case value == "" && own != nil:
+		list = []*Target{own}
+	case value == "All" || value == "":
+		list = s.targets
+	default:
+		if t := s.target(value); t != nil {
+			list = []*Target{t}
+		}
+	}
+	var addrs []string
+	for _, t := range list {
+		if !t.allowed(initiator) { // an initiator outside the ACL learns nothing (chap.go)
+			continue
+		}
+		if addrs == nil {
+			addrs = s.targetAddresses()
+		}
+		out.Add("TargetName", t.Name)
+		for _, a := range addrs {
+			out.Add("TargetAddress", a)
+		}
 	}
 }
 

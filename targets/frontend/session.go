@@ -44,6 +44,7 @@ type session struct {
 	tsih      uint16
 	cid       uint16
 	discovery bool
+	tgt       *Target // the session's target; nil in a discovery session
 	nexus     *api.ITNexus
 	depth     uint32
 	workers   int
@@ -69,7 +70,9 @@ type session struct {
 	pending   map[uint32]pendingItem
 	tasks     map[uint32]*task // by ITT
 	nextTTT   uint32
-	textBuf   []byte
+	textBuf   []byte  // request text still arriving (C bit); the reader's
+	textOut   []byte  // response text not sent yet; the reader's
+	textTTT   uint32  // the TTT that asks for textOut
 	queue     []qitem // delivered, not started, in CmdSN order (HEAD OF QUEUE first)
 	running   int     // tasks handed to workers and not finished
 	ordered   bool    // an ORDERED task is running
@@ -154,7 +157,20 @@ func newSession(srv *Server, c net.Conn, br *bufio.Reader, p *portal, par params
 }
 
 func (s *session) logf(format string, args ...any) {
-	s.srv.logf("session TSIH %d (%s): "+format, append([]any{s.tsih, s.initiator}, args...)...)
+	s.srv.logf("session TSIH %d (%s at %s): "+format, append([]any{s.tsih, s.initiator, s.targetName()}, args...)...)
+}
+
+// targetName names the session's target, or "discovery".
+func (s *session) targetName() string {
+	if s.tgt == nil {
+		return "discovery"
+	}
+	return s.tgt.Name
+}
+
+// key is the session's identity (sessionKey).
+func (s *session) key() sessionKey {
+	return sessionKey{initiator: s.initiator, isid: s.isid, target: strings.ToLower(s.targetName()), tpgt: s.tpgt}
 }
 
 func (s *session) close() {
@@ -175,7 +191,7 @@ func (s *session) teardown() {
 	}
 	s.mu.Unlock()
 	if s.nexus != nil {
-		s.srv.cfg.SCSI.RemoveNexus(s.nexus)
+		s.tgt.SCSI.RemoveNexus(s.nexus)
 	}
 	s.srv.unregister(s)
 	close(s.gone)
@@ -482,16 +498,29 @@ func (s *session) logoutReq(p *iscsi.PDU) {
 }
 
 func (s *session) textReq(p *iscsi.PDU) {
+	r := newTx(iscsi.OpTextResp)
+	r.setITT(p.ITT())
+	r.setTTT(iscsi.ReservedTag)
+	r.stat = statAdvance
+	if ttt := p.TTT(); ttt != iscsi.ReservedTag {
+		// The initiator asks for the next part of a long response (RFC
+		// 7143 §11.10.4): its request carries our TTT and no text.
+		if s.textOut == nil || ttt != s.textTTT || len(p.Data) != 0 {
+			s.textOut = nil
+			s.rejectRequest(p, rejectInvalidField)
+			return
+		}
+		s.textPart(&r)
+		s.deliver(p.CmdSN(), p.Immediate(), pendingItem{run: func() { s.send(r) }})
+		return
+	}
+	s.textOut = nil // a new request drops what was left of the last answer
 	s.textBuf = append(s.textBuf, p.Data...)
 	if len(s.textBuf) > 64<<10 {
 		s.textBuf = nil
 		s.rejectRequest(p, rejectProtocolError)
 		return
 	}
-	r := newTx(iscsi.OpTextResp)
-	r.setITT(p.ITT())
-	r.setTTT(iscsi.ReservedTag)
-	r.stat = statAdvance
 	if p.Flags()&iscsi.FlagContinue != 0 {
 		// More request text follows: answer empty (RFC 7143 §11.11).
 		s.deliver(p.CmdSN(), p.Immediate(), pendingItem{run: func() { s.send(r) }})
@@ -507,19 +536,37 @@ func (s *session) textReq(p *iscsi.PDU) {
 	for _, kv := range req {
 		switch kv.Key {
 		case "SendTargets":
-			v := kv.Value
-			// An initiator outside the ACL learns nothing (chap.go).
-			if (v == "All" || v == "" || strings.EqualFold(v, s.srv.cfg.TargetName)) && s.srv.allowed(s.initiator) {
-				out.Add("TargetName", s.srv.cfg.TargetName)
-				for _, a := range s.srv.targetAddresses() {
-					out.Add("TargetAddress", a)
-				}
-			}
+			s.srv.sendTargets(kv.Value, s.initiator, s.tgt, &out)
 		default:
 			out.Add(kv.Key, "NotUnderstood")
 		}
 	}
-	r.bhs[1] = iscsi.FlagFinal
-	r.data = out.Encode()
+	s.textOut = out.Encode()
+	s.textPart(&r)
 	s.deliver(p.CmdSN(), p.Immediate(), pendingItem{run: func() { s.send(r) }})
+}
+
+// textPart fills r with the next part of textOut that fits the initiator's
+// MaxRecvDataSegmentLength. When more is left, r has the C bit and a TTT
+// (not 0xffffffff) the initiator answers with an empty Text Request to get
+// the rest (RFC 7143 §11.11.2): SendTargets of many targets and portals
+// outgrows one PDU.
+func (s *session) textPart(r *txPDU) {
+	data := s.textOut
+	if uint32(len(data)) <= s.par.peerRecv {
+		s.textOut = nil
+		r.bhs[1] = iscsi.FlagFinal
+		r.data = data
+		return
+	}
+	r.data, s.textOut = data[:s.par.peerRecv], data[s.par.peerRecv:]
+	r.bhs[1] = iscsi.FlagContinue
+	s.mu.Lock()
+	s.nextTTT++
+	if s.nextTTT == iscsi.ReservedTag || s.nextTTT == 0 {
+		s.nextTTT = 1
+	}
+	s.textTTT = s.nextTTT
+	s.mu.Unlock()
+	r.setTTT(s.textTTT)
 }

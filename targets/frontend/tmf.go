@@ -80,15 +80,15 @@ func (s *session) taskMgmt(fn byte, lun uint64, ref, refCmdSN, cmdSN uint32) byt
 		return tmfComplete
 	case tmfLUNReset:
 		n := lunNumber(lun)
-		s.await(s.srv.abortAll(func(l uint64) bool { return l == n }))
-		if r, ok := s.srv.cfg.SCSI.(Resetter); ok && s.nexus != nil {
+		s.await(s.srv.abortAll(s.tgt, func(l uint64) bool { return l == n }))
+		if r, ok := s.tgt.SCSI.(Resetter); ok && s.nexus != nil {
 			r.ResetLU(s.nexus, n)
 		}
 		s.logf("LUN RESET of LUN %d: complete", n)
 		return tmfComplete
 	case tmfTargetWarmReset:
-		s.await(s.srv.abortAll(func(uint64) bool { return true }))
-		if r, ok := s.srv.cfg.SCSI.(Resetter); ok && s.nexus != nil {
+		s.await(s.srv.abortAll(s.tgt, func(uint64) bool { return true }))
+		if r, ok := s.tgt.SCSI.(Resetter); ok && s.nexus != nil {
 			r.ResetTarget(s.nexus)
 		}
 		s.logf("TARGET WARM RESET: complete")
@@ -153,15 +153,19 @@ func (s *session) await(chs []chan struct{}) {
 	}
 }
 
-// abortAll aborts the tasks of every normal session on the LUs match
-// selects (a LUN RESET or TARGET WARM RESET aborts the tasks of every I_T
-// nexus; SAM-5 §7.7, TAS=0: the other initiators get no response for
-// them). It returns what to wait on before answering.
-func (s *Server) abortAll(match func(lun uint64) bool) []chan struct{} {
+// abortAll aborts the tasks of every normal session of target tgt on the
+// LUs match selects (a LUN RESET or TARGET WARM RESET aborts the tasks of
+// every I_T nexus of the target; SAM-5 §7.7, TAS=0: the other initiators
+// get no response for them). Other targets' sessions are not touched:
+// their LUN numbers name other LUs. It returns what to wait on before
+// answering.
+func (s *Server) abortAll(tgt *Target, match func(lun uint64) bool) []chan struct{} {
 	s.mu.Lock()
 	sessions := make([]*session, 0, len(s.sessions))
 	for _, o := range s.sessions {
-		sessions = append(sessions, o)
+		if o.tgt == tgt {
+			sessions = append(sessions, o)
+		}
 	}
 	s.mu.Unlock()
 	var wait []chan struct{}
