@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -333,10 +334,10 @@ controllers:
 		}
 		close(lines)
 	}()
-	var url string
+	var url, lun string
 	portals := 0
 	timeout := time.After(30 * time.Second)
-	for url == "" || portals < 2 {
+	for url == "" || portals < 2 || lun == "" {
 		select {
 		case l, ok := <-lines:
 			if !ok {
@@ -348,8 +349,11 @@ controllers:
 			if strings.HasPrefix(l, "portal ") {
 				portals++
 			}
+			if strings.HasPrefix(l, "target ") {
+				lun = l
+			}
 		case <-timeout:
-			t.Fatal("target serve printed no control URL and portals within 30 s")
+			t.Fatal("target serve printed no control URL, portals and LUNs within 30 s")
 		}
 	}
 	token, err := os.ReadFile(tokenFile)
@@ -362,6 +366,9 @@ controllers:
 	}
 	if info.Name != "lab-array" || len(info.Portals) != 2 || len(info.Targets) != 1 || len(info.Targets[0].LUNs) != 1 {
 		t.Fatalf("info = %+v", info)
+	}
+	if t0, l0 := info.Targets[0], info.Targets[0].LUNs[0]; lun != fmt.Sprintf("target %s: LUN 0 %s %d bytes", t0.IQN, l0.NAA, l0.SizeBytes) {
+		t.Errorf("target serve printed %q for the LUN; the API says %+v of %s", lun, l0, t0.IQN)
 	}
 	if _, err := control.NewClient(url, "wrong").Info(context.Background()); err == nil {
 		t.Fatal("the control API answered a wrong token")

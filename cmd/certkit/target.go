@@ -96,8 +96,14 @@ serve other hosts with mutual TLS, or on a lab network you trust.`,
 			} else {
 				fmt.Fprintf(out, "array %s: control %s (token in %s)\n", cfg.Name, srv.URL(), tokenFile)
 			}
-			for _, p := range arr.Info().Portals {
+			info := arr.Info()
+			for _, p := range info.Portals {
 				fmt.Fprintf(out, "portal %s: controller %s tpgt %d address %s\n", p.ID, p.Controller, p.TPGT, p.Address)
+			}
+			for _, t := range info.Targets {
+				for _, l := range t.LUNs {
+					fmt.Fprintf(out, "target %s: LUN %d %s %d bytes\n", t.IQN, l.ID, l.NAA, l.SizeBytes)
+				}
 			}
 			<-ctx.Done()
 			return nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -415,5 +416,52 @@ func TestLibiscsiSeesEveryTarget(t *testing.T) {
 	}
 	if got := fmt.Sprint(luns[cfg.Targets[1].Name]); got != "[0 0]" {
 		t.Errorf("iscsi-ls -s: %s LUNs %s, want [0] at each of the 2 portals:\n%s", cfg.Targets[1].Name, got, out)
+	}
+}
+
+// The control API reaches each target's LUNs under /v1/targets/{iqn}/luns;
+// /v1/luns, meant for an array's only target, names the targets instead of
+// guessing.
+func TestEachTargetsLUNsOverTheControlAPI(t *testing.T) {
+	cfg := twoTargets("two-api")
+	db, logs := cfg.Targets[0].Name, cfg.Targets[1].Name
+	a := startArray(t, cfg, array.Options{})
+	srv, err := control.Serve("127.0.0.1:0", a, "tok")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	c := control.NewClient(srv.URL(), "tok")
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+
+	if _, err := c.Target(logs).AddLUN(ctx, control.AddLUNRequest{ID: 2, Size: "1MiB"}); err != nil {
+		t.Fatal(err)
+	}
+	s := loginTarget(t, ctx, a, "A0", logs, 1)
+	_ = s.TestUnitReady(ctx, 0) // consume the unit attention the add raised
+	data := make([]byte, 8*blockSize)
+	rand.New(rand.NewSource(7)).Read(data)
+	if err := s.Write(ctx, 2, 0, data, blockSize); err != nil {
+		t.Fatal(err)
+	}
+	if sum, err := c.Target(logs).Checksum(ctx, 2, 0, int64(len(data))); err != nil || sum != sha(data) {
+		t.Fatalf("checksum of logs LUN 2 = %s, %v; want %s", sum, err, sha(data))
+	}
+	if _, err := c.Target(db).Checksum(ctx, 2, 0, 0); !errors.Is(err, control.ErrNotFound) {
+		t.Errorf("checksum of db LUN 2 (only logs has one): %v, want not found", err)
+	}
+	if _, err := c.AddLUN(ctx, control.AddLUNRequest{ID: 5, Size: "1MiB"}); !errors.Is(err, control.ErrInvalid) || !strings.Contains(err.Error(), db+", "+logs) {
+		t.Errorf("/v1/luns on an array of two targets: %v, want 400 naming both", err)
+	}
+	if err := c.Target("iqn.2024-01.io.certkit:nope").RemoveLUN(ctx, 0); !errors.Is(err, control.ErrNotFound) || !strings.Contains(err.Error(), "nope") {
+		t.Errorf("an unknown target: %v, want not found", err)
+	}
+	if err := c.Target(logs).RemoveLUN(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil || len(info.Targets) != 2 || len(info.Targets[1].LUNs) != 1 {
+		t.Fatalf("info after the remove: %+v %v", info, err)
 	}
 }

@@ -116,42 +116,78 @@ func (c *Client) SetALUA(ctx context.Context, id int, state string) (ALUAGroup, 
 	return g, err
 }
 
-// AddLUN adds a LUN to the array's target while hosts are logged in; each
-// of their I_T nexuses is owed UNIT ATTENTION 06/3F/0E (REPORTED LUNS DATA
-// HAS CHANGED).
+// TargetLUNs are the LUN operations on one target of an array that serves
+// several (Client.Target); the Client's own LUN methods act on an array's
+// only target.
+type TargetLUNs struct {
+	c      *Client
+	prefix string // the routes' prefix: /v1/luns or /v1/targets/<iqn>/luns
+	of     string // " of target <iqn>" in messages; "" for the only target
+}
+
+// Target returns the LUN operations on the target named iqn.
+func (c *Client) Target(iqn string) *TargetLUNs {
+	return &TargetLUNs{c: c, prefix: "/v1/targets/" + url.PathEscape(iqn) + "/luns", of: " of target " + iqn}
+}
+
+func (c *Client) onlyTarget() *TargetLUNs { return &TargetLUNs{c: c, prefix: "/v1/luns"} }
+
+// AddLUN adds a LUN to the array's only target; see TargetLUNs.AddLUN.
 func (c *Client) AddLUN(ctx context.Context, req AddLUNRequest) (LUN, error) {
+	return c.onlyTarget().AddLUN(ctx, req)
+}
+
+// RemoveLUN removes a LUN of the array's only target; see TargetLUNs.RemoveLUN.
+func (c *Client) RemoveLUN(ctx context.Context, id int) error {
+	return c.onlyTarget().RemoveLUN(ctx, id)
+}
+
+// ResizeLUN resizes a LUN of the array's only target; see TargetLUNs.ResizeLUN.
+func (c *Client) ResizeLUN(ctx context.Context, id int, size string) (LUN, error) {
+	return c.onlyTarget().ResizeLUN(ctx, id, size)
+}
+
+// Checksum checks a LUN of the array's only target; see TargetLUNs.Checksum.
+func (c *Client) Checksum(ctx context.Context, id int, offset, length int64) (string, error) {
+	return c.onlyTarget().Checksum(ctx, id, offset, length)
+}
+
+// AddLUN adds a LUN to the target while hosts are logged in; each of their
+// I_T nexuses is owed UNIT ATTENTION 06/3F/0E (REPORTED LUNS DATA HAS
+// CHANGED).
+func (t *TargetLUNs) AddLUN(ctx context.Context, req AddLUNRequest) (LUN, error) {
 	var l LUN
-	op := fmt.Sprintf("add LUN %d of %s", req.ID, req.Size)
-	err := c.do(ctx, op, http.MethodPost, "/v1/luns", req, http.StatusCreated, &l)
+	op := fmt.Sprintf("add LUN %d of %s%s", req.ID, req.Size, t.of)
+	err := t.c.do(ctx, op, http.MethodPost, t.prefix, req, http.StatusCreated, &l)
 	return l, err
 }
 
 // RemoveLUN removes a LUN: commands to it then end with 05/25/00 (LOGICAL
 // UNIT NOT SUPPORTED), and the remaining LUs owe 06/3F/0E.
-func (c *Client) RemoveLUN(ctx context.Context, id int) error {
-	return c.do(ctx, fmt.Sprintf("remove LUN %d", id), http.MethodDelete, fmt.Sprintf("/v1/luns/%d", id), nil, http.StatusNoContent, nil)
+func (t *TargetLUNs) RemoveLUN(ctx context.Context, id int) error {
+	return t.c.do(ctx, fmt.Sprintf("remove LUN %d%s", id, t.of), http.MethodDelete, fmt.Sprintf("%s/%d", t.prefix, id), nil, http.StatusNoContent, nil)
 }
 
 // ResizeLUN changes a LUN's size ("128MiB"); its I_T nexuses are owed
 // UNIT ATTENTION 06/2A/09 (CAPACITY DATA HAS CHANGED).
-func (c *Client) ResizeLUN(ctx context.Context, id int, size string) (LUN, error) {
+func (t *TargetLUNs) ResizeLUN(ctx context.Context, id int, size string) (LUN, error) {
 	var l LUN
-	op := fmt.Sprintf("resize LUN %d to %s", id, size)
-	err := c.do(ctx, op, http.MethodPatch, fmt.Sprintf("/v1/luns/%d", id), resizeLUNRequest{Size: size}, http.StatusOK, &l)
+	op := fmt.Sprintf("resize LUN %d%s to %s", id, t.of, size)
+	err := t.c.do(ctx, op, http.MethodPatch, fmt.Sprintf("%s/%d", t.prefix, id), resizeLUNRequest{Size: size}, http.StatusOK, &l)
 	return l, err
 }
 
 // Checksum returns the SHA-256 (hex) of length bytes of a LUN from offset,
 // read from the array's backing store rather than through iSCSI; length 0
 // means to the end of the LUN.
-func (c *Client) Checksum(ctx context.Context, id int, offset, length int64) (string, error) {
+func (t *TargetLUNs) Checksum(ctx context.Context, id int, offset, length int64) (string, error) {
 	var body checksumBody
-	op := fmt.Sprintf("checksum LUN %d from offset %d to its end", id, offset)
+	op := fmt.Sprintf("checksum LUN %d%s from offset %d to its end", id, t.of, offset)
 	if length != 0 {
-		op = fmt.Sprintf("checksum %d bytes of LUN %d at offset %d", length, id, offset)
+		op = fmt.Sprintf("checksum %d bytes of LUN %d%s at offset %d", length, id, t.of, offset)
 	}
-	path := fmt.Sprintf("/v1/luns/%d/sha256?offset=%d&length=%d", id, offset, length)
-	err := c.do(ctx, op, http.MethodGet, path, nil, http.StatusOK, &body)
+	path := fmt.Sprintf("%s/%d/sha256?offset=%d&length=%d", t.prefix, id, offset, length)
+	err := t.c.do(ctx, op, http.MethodGet, path, nil, http.StatusOK, &body)
 	return body.SHA256, err
 }
 

@@ -29,6 +29,10 @@
 //	                         {"sha256": "<hex>"} of the LUN's bytes as its
 //	                         backing store holds them (length 0 or absent:
 //	                         to the end)
+//	.../v1/targets/{iqn}/luns...
+//	                         the four LUN routes above, on one target of an
+//	                         array that serves several (/v1/luns then
+//	                         answers 400 naming them)
 //
 // Fault parameters, controller faults, ALUA and LUN management are served
 // when the Array implements FaultInjector, ALUAArray and LUNManager;
@@ -138,6 +142,15 @@ type AddLUNRequest struct {
 	Size    string `json:"size"`              // "64MiB", "1GiB" or a byte count
 	Backing string `json:"backing,omitempty"` // memory (default) or file
 	Path    string `json:"path,omitempty"`    // file backing: the image file
+}
+
+// TargetLUNManager is an Array that serves several targets, each with its
+// own LUNs: LUNsOf returns one target's (an error made with NotFoundf for
+// a target it does not serve). The /v1/targets/{iqn}/luns routes use it;
+// /v1/luns is the array's LUNManager, which an array of several targets
+// answers with an error naming them.
+type TargetLUNManager interface {
+	LUNsOf(target string) (LUNManager, error)
 }
 
 // LUNManager is an Array whose LUNs can be added, removed and resized while

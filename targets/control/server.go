@@ -58,6 +58,11 @@ func newHandler(a Array, token string, mutualTLS bool) http.Handler {
 	mux.HandleFunc("DELETE /v1/luns/{id}", h.removeLUN)
 	mux.HandleFunc("PATCH /v1/luns/{id}", h.resizeLUN)
 	mux.HandleFunc("GET /v1/luns/{id}/sha256", h.checksum)
+	// The same, for one target of an array that serves several.
+	mux.HandleFunc("POST /v1/targets/{target}/luns", h.addLUN)
+	mux.HandleFunc("DELETE /v1/targets/{target}/luns/{id}", h.removeLUN)
+	mux.HandleFunc("PATCH /v1/targets/{target}/luns/{id}", h.resizeLUN)
+	mux.HandleFunc("GET /v1/targets/{target}/luns/{id}/sha256", h.checksum)
 	// The same paths without a method answer 405 in JSON, not net/http's text.
 	mux.HandleFunc("/v1/info", methodNotAllowed("GET"))
 	mux.HandleFunc("/v1/faults", methodNotAllowed("GET, POST, DELETE"))
@@ -67,8 +72,11 @@ func newHandler(a Array, token string, mutualTLS bool) http.Handler {
 	mux.HandleFunc("/v1/luns", methodNotAllowed("POST"))
 	mux.HandleFunc("/v1/luns/{id}", methodNotAllowed("PATCH, DELETE"))
 	mux.HandleFunc("/v1/luns/{id}/sha256", methodNotAllowed("GET"))
+	mux.HandleFunc("/v1/targets/{target}/luns", methodNotAllowed("POST"))
+	mux.HandleFunc("/v1/targets/{target}/luns/{id}", methodNotAllowed("PATCH, DELETE"))
+	mux.HandleFunc("/v1/targets/{target}/luns/{id}/sha256", methodNotAllowed("GET"))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s: the control API serves /v1/info, /v1/faults, /v1/alua and /v1/luns", r.Method, r.URL.Path))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s: the control API serves /v1/info, /v1/faults, /v1/alua, /v1/luns and /v1/targets/{iqn}/luns", r.Method, r.URL.Path))
 	})
 	h.mux = mux
 	return h
@@ -256,12 +264,29 @@ func (h *handler) setALUA(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, g)
 }
 
-func (h *handler) lunManager(w http.ResponseWriter) (LUNManager, bool) {
-	m, ok := h.a.(LUNManager)
-	if !ok {
-		writeError(w, http.StatusNotFound, "this array cannot add, remove, resize or checksum LUNs at run time; its LUNs are fixed by its config (see GET /v1/info)")
+// lunManager returns the LUNs a /v1/luns or /v1/targets/{target}/luns
+// route acts on, or answers the error.
+func (h *handler) lunManager(w http.ResponseWriter, r *http.Request) (LUNManager, bool) {
+	const fixed = "this array cannot add, remove, resize or checksum LUNs at run time; its LUNs are fixed by its config (see GET /v1/info)"
+	target := r.PathValue("target")
+	if target == "" {
+		m, ok := h.a.(LUNManager)
+		if !ok {
+			writeError(w, http.StatusNotFound, fixed)
+		}
+		return m, ok
 	}
-	return m, ok
+	tm, ok := h.a.(TargetLUNManager)
+	if !ok {
+		writeError(w, http.StatusNotFound, fixed)
+		return nil, false
+	}
+	m, err := tm.LUNsOf(target)
+	if err != nil {
+		writeError(w, statusOf(err), err.Error())
+		return nil, false
+	}
+	return m, true
 }
 
 // lunID reads the {id} of a /v1/luns/{id} route, answering 400 if it is
@@ -289,7 +314,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 }
 
 func (h *handler) addLUN(w http.ResponseWriter, r *http.Request) {
-	m, ok := h.lunManager(w)
+	m, ok := h.lunManager(w, r)
 	if !ok {
 		return
 	}
@@ -313,12 +338,12 @@ func (h *handler) addLUN(w http.ResponseWriter, r *http.Request) {
 		writeError(w, statusOf(err), err.Error())
 		return
 	}
-	w.Header().Set("Location", "/v1/luns/"+strconv.Itoa(l.ID))
+	w.Header().Set("Location", strings.TrimSuffix(r.URL.Path, "/")+"/"+strconv.Itoa(l.ID))
 	writeJSON(w, http.StatusCreated, l)
 }
 
 func (h *handler) removeLUN(w http.ResponseWriter, r *http.Request) {
-	m, ok := h.lunManager(w)
+	m, ok := h.lunManager(w, r)
 	if !ok {
 		return
 	}
@@ -339,7 +364,7 @@ type resizeLUNRequest struct {
 }
 
 func (h *handler) resizeLUN(w http.ResponseWriter, r *http.Request) {
-	m, ok := h.lunManager(w)
+	m, ok := h.lunManager(w, r)
 	if !ok {
 		return
 	}
@@ -366,7 +391,7 @@ type checksumBody struct {
 }
 
 func (h *handler) checksum(w http.ResponseWriter, r *http.Request) {
-	m, ok := h.lunManager(w)
+	m, ok := h.lunManager(w, r)
 	if !ok {
 		return
 	}
