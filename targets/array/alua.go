@@ -193,6 +193,12 @@ func (a *alua) ResetLU(n *api.ITNexus, lun uint64) {
 	}
 }
 
+// HasLUN says whether the target has LUN lun (frontend.LUNLister).
+func (a *alua) HasLUN(lun uint64) bool {
+	l, ok := a.inner.(frontend.LUNLister)
+	return !ok || l.HasLUN(lun)
+}
+
 // ResetTarget: see ResetLU.
 func (a *alua) ResetTarget(n *api.ITNexus) {
 	if r, ok := a.inner.(frontend.Resetter); ok {

@@ -1236,6 +1236,9 @@ func (t *scsiTarget) attention(cmd *api.SCSICommand) bool {
 // present reports whether a LUN number has an LU (unitAttentions).
 func (t *scsiTarget) present(lun uint64) bool { return t.lu(lun) != nil }
 
+// HasLUN says whether the target has LUN lun (frontend.LUNLister).
+func (t *scsiTarget) HasLUN(lun uint64) bool { return t.present(lun) }
+
 // attention reports the oldest unit attention owed to the command's nexus
 // (SPC-4 §5.14): CHECK CONDITION for any command but INQUIRY, REPORT LUNS
 // and REQUEST SENSE, which returns it as its data.

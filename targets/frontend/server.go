@@ -63,6 +63,15 @@ type Resetter interface {
 	ResetTarget(n *api.ITNexus)
 }
 
+// LUNLister is a SCSI target that can say whether a LUN (number) exists.
+// With it, a task management function naming a LUN that does not exist
+// (ABORT TASK SET, CLEAR TASK SET, LUN RESET) is answered "LUN does not
+// exist" (RFC 7143 §11.6.1) rather than "function complete" for a reset of
+// nothing, which would tell a host's error handling a lie.
+type LUNLister interface {
+	HasLUN(lun uint64) bool
+}
+
 // Portal is one listening address and its portal group. Every target of
 // the server is reachable through every portal.
 type Portal struct {

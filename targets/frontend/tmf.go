@@ -17,6 +17,7 @@ const (
 
 	tmfComplete         = 0
 	tmfNoTask           = 1
+	tmfNoLUN            = 2
 	tmfNoReassign       = 4
 	tmfNotSupported     = 5
 	tmfFunctionRejected = 255
@@ -45,6 +46,13 @@ func (s *session) taskMgmtReq(p *iscsi.PDU) {
 
 // taskMgmt performs one function and returns its response code.
 func (s *session) taskMgmt(fn byte, lun uint64, ref, refCmdSN, cmdSN uint32) byte {
+	switch fn {
+	case tmfAbortTaskSet, tmfClearTaskSet, tmfLUNReset:
+		if l, ok := s.tgt.SCSI.(LUNLister); ok && !l.HasLUN(lunNumber(lun)) {
+			s.logf("task management function %d for LUN %d, which does not exist: LUN does not exist", fn, lunNumber(lun))
+			return tmfNoLUN
+		}
+	}
 	switch fn {
 	case tmfAbortTask:
 		s.mu.Lock()
