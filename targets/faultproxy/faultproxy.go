@@ -34,10 +34,20 @@
 // splice(2) between the two sockets measured no cheaper than copying).
 // When the array runs in the proxy's process, Options.Serve joins the two
 // in memory instead, and the proxy costs little more than the framing
-// (BenchmarkReads "proxy-memory").
+// (BenchmarkReads "proxy-memory"): while no fault acts on a direction,
+// its bytes move in the array's own goroutines, with no hand-off to the
+// proxy's. The array's Read reads the host's socket into the caller's
+// buffer and frames what it got (link.readInline); its Write frames its
+// bytes and writes them to the host's socket (link.forward). The
+// direction's pump waits meanwhile. It takes over, without losing,
+// repeating or reordering a byte, when a fault acts on the direction's
+// bytes (blackhole, latency; array to host also delay-opcode) or the
+// array sets a deadline such a read or write could not honour, and gives
+// the direction back once nothing is queued.
 package faultproxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -125,11 +135,15 @@ type Options struct {
 	// The host's side stays TCP and every fault acts as it does on a dialled
 	// connection; the array's end behaves like a TCP connection (deadlines,
 	// half-close, writes taken while the path is blackholed, up to a
-	// bound). What changes is the cost (see the package comment): the
-	// array's writes go to the host's socket from the array's goroutine, in
-	// one vectored write per batch if the array calls the end's
-	// WriteBuffers(*net.Buffers) (net.Buffers.WriteTo cannot find it), and
-	// the host's bytes reach the array's reads with one copy.
+	// bound). What changes is the cost (see the package comment): while no
+	// fault acts on the direction, the array's writes go to the host's
+	// socket from the array's goroutine, in one vectored write per batch if
+	// the array calls the end's WriteBuffers(*net.Buffers)
+	// (net.Buffers.WriteTo cannot find it), and, while the end has no read
+	// deadline, the array's Reads read the host's socket themselves, into
+	// the caller's buffer. Otherwise the proxy's goroutines carry the bytes
+	// (the host's with one copy), as during login, when an array usually
+	// sets deadlines.
 	Serve func(net.Conn) error
 }
 
@@ -275,6 +289,11 @@ func (p *Proxy) InjectFault(f Fault) (time.Time, error) {
 			l.setDelays(&nf)
 		}
 	}
+	// Host to an array in memory: the pump reads again if the array's
+	// Reads no longer may.
+	for l := range p.links {
+		l.wakePump()
+	}
 	return time.Now(), nil
 }
 
@@ -412,6 +431,26 @@ type link struct {
 	fwdMu      sync.Mutex
 	fwdScratch [][]byte
 
+	// Host to array, to an array in memory (see readInline): arrayEnd is
+	// the array's end, and sockMu is held by whoever reads the host's
+	// socket, frames what it read and passes it on: the pump, or the
+	// array's own Read. inLive says the array's Reads may: the link runs
+	// and its host-to-array pump has not ended. inWake (cap 1) tells a
+	// pump parked for them to look again.
+	arrayEnd *memConn
+	sockMu   sync.Mutex
+	inLive   atomic.Bool
+	inWake   chan struct{}
+	inReads  atomic.Int64 // Reads served from the host's socket, for tests
+
+	// inMu guards the read deadline of the host's socket, which is in the
+	// past while the direction is blackholed or an inline Read is being
+	// woken (kicked), and zero otherwise.
+	inMu       sync.Mutex
+	inReading  bool // an inline Read is in a read of the host's socket
+	kicked     bool
+	blackholed bool
+
 	mu       sync.Mutex
 	upstream streamConn
 	closed   bool
@@ -425,7 +464,7 @@ type streamConn interface {
 }
 
 func (p *Proxy) newLink(c *net.TCPConn) *link {
-	l := &link{p: p, client: c, done: make(chan struct{})}
+	l := &link{p: p, client: c, done: make(chan struct{}), inWake: make(chan struct{}, 1)}
 	l.cs = newConnState(p.active.Load)
 	var logf func(string, ...any)
 	if p.logf != nil {
@@ -495,6 +534,9 @@ func (l *link) run() {
 	l.mu.Unlock()
 	l.out[toUpstream].dst, l.out[toClient].dst = up, l.client
 	l.out[toUpstream].mem, _ = up.(*memConn)
+	if l.arrayEnd != nil {
+		l.inLive.Store(true)
+	}
 
 	var wg sync.WaitGroup
 	wg.Add(3)
@@ -527,7 +569,8 @@ func (l *link) dial() (streamConn, error) {
 		return tc, nil
 	}
 	mine, theirs := memPipe(l.p.ln.Addr(), l.client.RemoteAddr())
-	theirs.forward = l.forward
+	theirs.forward, theirs.inline, theirs.changed = l.forward, l.readInline, l.arrayChanged
+	l.arrayEnd = theirs
 	if err := l.p.serve(theirs); err != nil {
 		if l.p.logf != nil {
 			l.p.logf("faultproxy %s: connection from %s: the array refused it: %v", l.p.name, l.client.RemoteAddr(), err)
@@ -544,12 +587,13 @@ func (l *link) dial() (streamConn, error) {
 //
 // With no fault queueing anything (the outbox is fast), this is one read
 // and one write per chunk, no lock taken and nothing allocated. To an
-// array in memory, each buffer read is handed over whole (memConn.hand).
-// From one, the pump only forwards what the array's Writes did not
-// forward themselves (see forward): it borrows those bytes in place
-// (memConn.borrow), and takes them even while the direction is
-// blackholed, to be queued as a socket buffer would take them (up to
-// maxQueued).
+// array in memory, the pump reads the host only while the array's Reads
+// cannot do it themselves (see readInline), and then hands each buffer
+// over whole (memConn.hand). From one, the pump only forwards what the
+// array's Writes did not forward themselves (see forward): it borrows
+// those bytes in place (memConn.borrow), and takes them even while the
+// direction is blackholed, to be queued as a socket buffer would take
+// them (up to maxQueued).
 func (l *link) pump(d dir) {
 	var src net.Conn = l.client
 	if d == toClient {
@@ -557,48 +601,219 @@ func (l *link) pump(d dir) {
 	}
 	mem, _ := src.(*memConn)
 	r := gatedReader{l, src, d}
-	f, o := l.fr[d], l.out[d]
 	var scratch [][]byte
-	for {
-		var err error
-		if mem != nil {
-			var chunk []byte
-			if chunk, err = mem.borrow(bufSize); len(chunk) > 0 {
-				l.fwdMu.Lock()
-				werr := o.submitLent(mem, f.feed(chunk), chunk, f.atBoundary(), &scratch)
-				l.fwdMu.Unlock()
-				if werr != nil {
-					l.close(false)
-					return
-				}
-			}
-		} else {
-			bp := bufPool.Get().(*[]byte)
-			var n int
-			if n, err = r.Read(*bp); n > 0 {
-				chunk := (*bp)[:n]
-				if werr := o.submit(bp, f.feed(chunk), chunk, f.atBoundary(), &scratch); werr != nil {
-					l.close(false)
-					return
-				}
-			} else {
-				bufPool.Put(bp)
-			}
+	if d == toClient || l.arrayEnd == nil {
+		for l.step(d, mem, r, &scratch) {
 		}
-		switch {
-		case err == io.EOF:
-			l.fwdMu.Lock()
-			ferr := o.finish(f.eof(), f.atBoundary(), &scratch)
-			l.fwdMu.Unlock()
-			if ferr != nil {
-				l.close(false)
-			}
-			return
-		case err != nil:
-			l.close(false)
+		return
+	}
+	// Host to an array in memory: take turns with its inline Reads. Once
+	// the pump ends, they end too (inLive is cleared before sockMu is
+	// released, so none starts after the EOF the pump passed on).
+	defer l.inLive.Store(false)
+	for l.takeSocket() {
+		more := l.step(d, nil, r, &scratch)
+		if !more {
+			l.inLive.Store(false)
+		}
+		l.sockMu.Unlock()
+		if !more {
 			return
 		}
 	}
+}
+
+// step reads, frames and forwards one chunk of direction d (from mem, the
+// array's end, when it is one; else from r). false: the direction ended.
+func (l *link) step(d dir, mem *memConn, r gatedReader, scratch *[][]byte) bool {
+	f, o := l.fr[d], l.out[d]
+	var err error
+	if mem != nil {
+		var chunk []byte
+		if chunk, err = mem.borrow(bufSize); len(chunk) > 0 {
+			l.fwdMu.Lock()
+			werr := o.submitLent(mem, f.feed(chunk), chunk, f.atBoundary(), scratch)
+			l.fwdMu.Unlock()
+			if werr != nil {
+				l.close(false)
+				return false
+			}
+		}
+	} else {
+		bp := bufPool.Get().(*[]byte)
+		var n int
+		if n, err = r.Read(*bp); n > 0 {
+			chunk := (*bp)[:n]
+			if werr := o.submit(bp, f.feed(chunk), chunk, f.atBoundary(), scratch); werr != nil {
+				l.close(false)
+				return false
+			}
+		} else {
+			bufPool.Put(bp)
+		}
+	}
+	switch {
+	case err == io.EOF:
+		l.fwdMu.Lock()
+		ferr := o.finish(f.eof(), f.atBoundary(), scratch)
+		l.fwdMu.Unlock()
+		if ferr != nil {
+			l.close(false)
+		}
+		return false
+	case err != nil:
+		l.close(false)
+		return false
+	}
+	return true
+}
+
+// inlineable reports whether the array's Reads may read the host's socket
+// themselves (readInline): the link runs, its host-to-array outbox is fast
+// and not blackholed, and the array's end has no read deadline (which a
+// read of the host's socket could not honour) and is open.
+func (l *link) inlineable() bool {
+	m := l.arrayEnd
+	return l.inLive.Load() && l.out[toUpstream].open() && m.rd.zero() && !m.isClosed()
+}
+
+// takeSocket is the host-to-array pump's turn to read the host's socket:
+// it waits while the array's Reads may read it themselves, then takes
+// sockMu. false: the link closed.
+func (l *link) takeSocket() bool {
+	for l.inlineable() {
+		// A Read waiting for the pump reads the socket itself from now on.
+		signal(l.arrayEnd.up.readable)
+		select {
+		case <-l.inWake:
+		case <-l.done:
+			return false
+		}
+	}
+	l.sockMu.Lock()
+	return true
+}
+
+// wakePump tells a host-to-array pump parked in takeSocket to look again
+// whether it must read: whatever could make inlineable false calls it.
+func (l *link) wakePump() { signal(l.inWake) }
+
+// readInline is the Read of an array in memory done in the array's own
+// goroutine (memConn.inline): while inlineable and nothing waits in the
+// in-memory stream, it reads the host's socket into b, frames what it got
+// (so PDU tracking stays exact) and returns it, with no hand-off to the
+// pump. ok false: wait for the pump instead.
+//
+// Bytes it reads once a fault acts on this direction (the outbox is no
+// longer fast or the direction is blackholed) are queued as the pump
+// would have queued them (n 0, ok true: wait for them), and the pump
+// takes over the socket. A read blocked when a blackhole starts is cut
+// short by the blackhole's read deadline; one blocked when the array sets
+// a read deadline or closes its end is cut short by a kick (arrayChanged).
+// Either way it has consumed nothing, and the Read looks again. EOF from
+// the host is left to the pump, which reads it again and passes the
+// half-close on as it always does.
+func (l *link) readInline(b []byte) (n int, ok bool, err error) {
+	const d = toUpstream
+	if !l.inlineable() || !l.sockMu.TryLock() {
+		return 0, false, nil
+	}
+	defer l.sockMu.Unlock()
+	m, o, f := l.arrayEnd, l.out[d], l.fr[d]
+	l.inMu.Lock()
+	l.inReading = true
+	l.inMu.Unlock()
+	// Checked after inReading is set: arrayChanged sees it or its change
+	// is seen here. The outbox before the stream: once fast, only holders
+	// of sockMu could fill the stream.
+	if !l.inlineable() || !m.up.empty() {
+		l.leaveSocket()
+		return 0, false, nil
+	}
+	n, err = l.client.Read(b)
+	l.leaveSocket()
+	if n > 0 {
+		l.inReads.Add(1)
+		ps := f.feed(b[:n])
+		boundary := f.atBoundary()
+		if o.open() && len(ps) == 1 && ps[0].kind == pieceMain && ps[0].b == nil && ps[0].a == 0 && ps[0].z == n {
+			o.mid.Store(!boundary)
+			return n, true, nil
+		}
+		// A fault acts on this direction now: queue the bytes as the
+		// pump would have, for the outbox's writer, and let the pump read.
+		var bp *[]byte
+		var chunk []byte
+		if n <= bufSize {
+			bp = bufPool.Get().(*[]byte)
+			chunk = (*bp)[:copy(*bp, b[:n])]
+		} else {
+			chunk = bytes.Clone(b[:n])
+		}
+		o.mu.Lock()
+		o.enqueue(bp, ps, chunk, boundary, false)
+		o.mu.Unlock()
+		l.wakePump()
+		return 0, true, nil
+	}
+	switch {
+	case err == nil, errors.Is(err, os.ErrDeadlineExceeded):
+	case err == io.EOF:
+		// The pump reads the EOF again and passes it on.
+		l.inLive.Store(false)
+		l.wakePump()
+	default:
+		// As the pump does: the array then reads EOF.
+		l.close(false)
+	}
+	return 0, true, nil
+}
+
+// leaveSocket ends an inline Read's turn in the host's socket, restoring
+// its read deadline if it was kicked.
+func (l *link) leaveSocket() {
+	l.inMu.Lock()
+	defer l.inMu.Unlock()
+	l.inReading = false
+	if l.kicked {
+		l.kicked = false
+		l.applyReadDeadline()
+	}
+}
+
+// arrayChanged is called when the array's end sets a read deadline (kick:
+// a deadline other than none) or closes (kick true): an inline Read blocked
+// in the host's socket is cut short, and the pump looks again whether it
+// must read.
+func (l *link) arrayChanged(kick bool) {
+	if kick {
+		l.inMu.Lock()
+		if l.inReading && !l.kicked {
+			l.kicked = true
+			l.applyReadDeadline()
+		}
+		l.inMu.Unlock()
+	}
+	l.wakePump()
+}
+
+// setBlackholed sets the host's socket's read deadline for a blackhole of
+// the host-to-array direction (on) or its Revert.
+func (l *link) setBlackholed(on bool) {
+	l.inMu.Lock()
+	defer l.inMu.Unlock()
+	l.blackholed = on
+	l.applyReadDeadline()
+}
+
+// applyReadDeadline sets the host's socket's read deadline from the state
+// under inMu. Callers hold inMu.
+func (l *link) applyReadDeadline() {
+	var t time.Time
+	if l.blackholed || l.kicked {
+		t = aLongTimeAgo
+	}
+	_ = l.client.SetReadDeadline(t)
 }
 
 // forward is the Write of an array in memory done in the array's own
@@ -747,7 +962,9 @@ func (l *link) setDeadlines(dirs []dir, t time.Time) {
 		} else if d == toClient {
 			src, dst = nil, l.client
 		}
-		if _, mem := src.(*memConn); src != nil && !mem {
+		if _, mem := src.(*memConn); src == net.Conn(l.client) {
+			l.setBlackholed(!t.IsZero())
+		} else if src != nil && !mem {
 			_ = src.SetReadDeadline(t)
 		}
 		if dst != nil {

@@ -13,10 +13,13 @@ import (
 // proxy's process (Options.Serve). It has two ends, the proxy's and the
 // array's, and two directions built for what flows in each:
 //
-//   - host to array (upStream): the pump hands each buffer it read from the
-//     host over whole and goes back to reading; the array's Reads copy out
-//     of it, as they would out of a socket. Buffers of up to upStreamMax
-//     bytes in all wait, like a socket buffer.
+//   - host to array (upStream): while no fault acts on these bytes and the
+//     array's end has no read deadline, the array's Read reads the host's
+//     socket itself, into its own buffer (link.readInline), once nothing
+//     handed over waits. Otherwise the pump reads the host: it hands each
+//     buffer it read over whole and goes back to reading; the array's
+//     Reads copy out of it, as they would out of a socket. Buffers of up to
+//     upStreamMax bytes in all wait, like a socket buffer.
 //   - array to host (downStream): while no fault queues anything, the
 //     array's Write frames its bytes and writes them to the host's socket
 //     itself (link.forward), so an I/O costs no hand-off between
@@ -71,6 +74,13 @@ type memConn struct {
 	// pump instead.
 	forward func(bufs [][]byte) (n int, ok bool, err error)
 	one     [1][]byte // Write's argument to forward, under wrMu
+	// inline, on the array's end, reads the host's bytes into b itself
+	// when it can (link.readInline); ok false means wait for the pump, ok
+	// with n 0 and no error means look again.
+	inline func(b []byte) (n int, ok bool, err error)
+	// changed, on the array's end, is told that its read deadline was set
+	// (kick: to something other than none) or that it closed (kick true).
+	changed func(kick bool)
 }
 
 func (c *memConn) isClosed() bool {
@@ -215,6 +225,9 @@ func (c *memConn) Close() error {
 			c.down.leave()
 		}
 	})
+	if c.changed != nil {
+		c.changed(true)
+	}
 	return nil
 }
 
@@ -222,12 +235,18 @@ func (c *memConn) LocalAddr() net.Addr  { return c.local }
 func (c *memConn) RemoteAddr() net.Addr { return c.remote }
 
 func (c *memConn) SetDeadline(t time.Time) error {
-	c.rd.set(t)
 	c.wd.set(t)
+	return c.SetReadDeadline(t)
+}
+
+func (c *memConn) SetReadDeadline(t time.Time) error {
+	c.rd.set(t)
+	if c.changed != nil {
+		c.changed(!t.IsZero())
+	}
 	return nil
 }
 
-func (c *memConn) SetReadDeadline(t time.Time) error  { c.rd.set(t); return nil }
 func (c *memConn) SetWriteDeadline(t time.Time) error { c.wd.set(t); return nil }
 
 // writeUp is the proxy's end's Write: a copy of b is handed over.
@@ -355,8 +374,25 @@ func (c *memConn) readUp(b []byte) (int, error) {
 		if err != nil {
 			return 0, err
 		}
+		if c.inline != nil {
+			// Nothing waits: read the host's socket here if the link
+			// allows it (it checks the stream again, under its lock).
+			if n, ok, err := c.inline(b); ok {
+				if n > 0 || err != nil {
+					return n, err
+				}
+				continue
+			}
+		}
 		c.wait(dl, s.readable)
 	}
+}
+
+// empty reports whether no handed buffer waits.
+func (s *upStream) empty() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.head == len(s.q)
 }
 
 // downStream carries the array's bytes to the host when the array does not
