@@ -19,6 +19,10 @@ const (
 	// FailOpcode lets SCSI Commands with Params.Opcode (and Params.LUN, when
 	// set) reach the array, drops the array's Data-In for them and answers
 	// in place of its final status with CHECK CONDITION and Params.Sense.
+	// A command counts as sent under the fault when the proxy reads it from
+	// the host, which for an array joined in memory is when the array reads
+	// it: a command still in the host's socket buffer at the instant of
+	// injection (microseconds behind a busy array) is failed too.
 	FailOpcode Kind = "fail-opcode"
 	// DelayOpcode holds the array's answers to SCSI Commands with
 	// Params.Opcode (and Params.LUN) for Params.Delay; other traffic passes
