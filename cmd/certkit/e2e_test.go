@@ -192,39 +192,69 @@ func forgePass(t *testing.T, path string) string {
 // test ends.
 func labUp(t *testing.T) (string, *lab.Profile) {
 	t.Helper()
-	labProc := exec.Command(certkitBin, "lab", "up", "--dir", t.TempDir())
-	stdout, err := labProc.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	labProc.Stderr = os.Stderr
-	if err := labProc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = labProc.Process.Signal(syscall.SIGTERM)
-		_ = labProc.Wait()
-	})
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if p, ok := strings.CutPrefix(sc.Text(), "lab ready: "); ok {
-				ready <- p
-			}
-		}
-	}()
-	var profilePath string
-	select {
-	case profilePath = <-ready:
-	case <-time.After(60 * time.Second):
-		t.Fatal("certkit lab up did not become ready within 60 s")
-	}
+	lines := startCertkit(t, "lab", "up", "--dir", t.TempDir())
+	ready := nextLine(t, lines, 60*time.Second, "lab ready: ", "certkit lab up to become ready")
+	profilePath := strings.TrimPrefix(ready, "lab ready: ")
 	profile, err := lab.Load(profilePath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return profilePath, profile
+}
+
+// startCertkit runs certkit with args in its own process and returns the
+// lines it prints on stdout; the process gets SIGTERM when the test ends.
+func startCertkit(t *testing.T, args ...string) <-chan string {
+	t.Helper()
+	proc := exec.Command(certkitBin, args...)
+	stdout, err := proc.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc.Stderr = os.Stderr
+	if err := proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		close(done)
+		_ = proc.Process.Signal(syscall.SIGTERM)
+		_ = proc.Wait()
+	})
+	lines := make(chan string, 16)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			case <-done:
+				return
+			}
+		}
+	}()
+	return lines
+}
+
+// nextLine returns the next line from lines that starts with prefix,
+// failing the test if none comes within timeout (what says what it waits
+// for) or the process ends first.
+func nextLine(t *testing.T, lines <-chan string, timeout time.Duration, prefix, what string) string {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("waiting for %s: the process ended", what)
+			}
+			if strings.HasPrefix(l, prefix) {
+				return l
+			}
+		case <-deadline:
+			t.Fatalf("waiting for %s: nothing within %s", what, timeout)
+		}
+	}
 }
 
 // arrayOf is a control client of the lab's first array.
@@ -313,49 +343,14 @@ controllers:
 		t.Fatal(err)
 	}
 	tokenFile := filepath.Join(dir, "token")
-	serve := exec.Command(certkitBin, "target", "serve", "--config", cfg, "--token-file", tokenFile)
-	stdout, err := serve.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
+	lines := startCertkit(t, "target", "serve", "--config", cfg, "--token-file", tokenFile)
+	const what = "target serve to print its control URL, portals and LUNs"
+	control0 := nextLine(t, lines, 30*time.Second, "array lab-array: control ", what)
+	url := strings.Fields(strings.TrimPrefix(control0, "array lab-array: control "))[0]
+	for range 2 {
+		nextLine(t, lines, 30*time.Second, "portal ", what)
 	}
-	serve.Stderr = os.Stderr
-	if err := serve.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = serve.Process.Signal(syscall.SIGTERM)
-		_ = serve.Wait()
-	}()
-	lines := make(chan string, 16)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	var url, lun string
-	portals := 0
-	timeout := time.After(30 * time.Second)
-	for url == "" || portals < 2 || lun == "" {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("target serve exited before printing its endpoints")
-			}
-			if rest, ok := strings.CutPrefix(l, "array lab-array: control "); ok {
-				url = strings.Fields(rest)[0]
-			}
-			if strings.HasPrefix(l, "portal ") {
-				portals++
-			}
-			if strings.HasPrefix(l, "target ") {
-				lun = l
-			}
-		case <-timeout:
-			t.Fatal("target serve printed no control URL, portals and LUNs within 30 s")
-		}
-	}
+	lun := nextLine(t, lines, 30*time.Second, "target ", what)
 	token, err := os.ReadFile(tokenFile)
 	if err != nil {
 		t.Fatalf("the generated token file: %v", err)

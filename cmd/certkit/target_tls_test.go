@@ -4,14 +4,11 @@ package main
 // them: the built binary, certificates it wrote, a Go control client.
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -34,41 +31,8 @@ controllers:
 // that announces its control API; the process is stopped at cleanup.
 func targetServe(t *testing.T, args ...string) string {
 	t.Helper()
-	serve := exec.Command(certkitBin, append([]string{"target", "serve"}, args...)...)
-	stdout, err := serve.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	serve.Stderr = os.Stderr
-	if err := serve.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = serve.Process.Signal(syscall.SIGTERM)
-		_ = serve.Wait()
-	})
-	lines := make(chan string, 16)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	timeout := time.After(30 * time.Second)
-	for {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatal("target serve exited before printing its control endpoint")
-			}
-			if strings.HasPrefix(l, "array lab-array: control ") {
-				return l
-			}
-		case <-timeout:
-			t.Fatal("target serve printed no control endpoint within 30 s")
-		}
-	}
+	lines := startCertkit(t, append([]string{"target", "serve"}, args...)...)
+	return nextLine(t, lines, 30*time.Second, "array lab-array: control ", "target serve to print its control endpoint")
 }
 
 func TestTargetCertsAndMutualTLSServeWorkEndToEnd(t *testing.T) {

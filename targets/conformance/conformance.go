@@ -149,7 +149,12 @@ func (r *Runner) Run(ctx context.Context, suite string, want []string, urls []st
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, run.Command[1:]...)
+	// The tool runs with SIGPIPE ignored, as any initiator worth testing
+	// does: a target that drops a connection on a protocol error (the
+	// iSCSIdatasn tests provoke exactly that) must show up as a failed
+	// write, not as the tool killed mid-suite by its next write to the
+	// closed socket.
+	cmd := exec.CommandContext(ctx, "/bin/sh", append([]string{"-c", `trap "" PIPE; exec "$0" "$@"`, bin}, run.Command[1:]...)...)
 	cmd.Dir = r.Dir
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
