@@ -42,8 +42,9 @@
 // direction's pump waits meanwhile. It takes over, without losing,
 // repeating or reordering a byte, when a fault acts on the direction's
 // bytes (blackhole, latency; array to host also delay-opcode) or the
-// array sets a deadline such a read or write could not honour, and gives
-// the direction back once nothing is queued.
+// array sets a deadline on it, and gives the direction back once nothing
+// is queued. Either way the array's Writes end, as on TCP, when its end
+// closes or its write deadline passes, even if the host does not read.
 package faultproxy
 
 import (
@@ -451,6 +452,17 @@ type link struct {
 	kicked     bool
 	blackholed bool
 
+	// outMu guards the write deadline of the host's socket, outDeadline:
+	// in the past while the array-to-host direction is blackholed
+	// (outBlackholed); otherwise, while the bytes of an array's Write in
+	// memory are being written to it (outWriting: link.forward, or the
+	// pump with the bytes on loan), the array's end's write deadline, or
+	// the past once that end has closed; zero otherwise.
+	outMu         sync.Mutex
+	outWriting    bool
+	outBlackholed bool
+	outDeadline   time.Time
+
 	mu       sync.Mutex
 	upstream streamConn
 	closed   bool
@@ -570,6 +582,7 @@ func (l *link) dial() (streamConn, error) {
 	}
 	mine, theirs := memPipe(l.p.ln.Addr(), l.client.RemoteAddr())
 	theirs.forward, theirs.inline, theirs.changed = l.forward, l.readInline, l.arrayChanged
+	theirs.changedWrite = l.arrayWriteChanged
 	l.arrayEnd = theirs
 	if err := l.p.serve(theirs); err != nil {
 		if l.p.logf != nil {
@@ -816,13 +829,64 @@ func (l *link) applyReadDeadline() {
 	_ = l.client.SetReadDeadline(t)
 }
 
+// setBlackholedOut sets the host's socket's write deadline for a blackhole
+// of the array-to-host direction (on) or its Revert.
+func (l *link) setBlackholedOut(on bool) {
+	l.outMu.Lock()
+	defer l.outMu.Unlock()
+	l.outBlackholed = on
+	l.applyWriteDeadline()
+}
+
+// arrayWriteChanged is called when the array's end (in memory) sets its
+// write deadline or closes: a write of its bytes to the host's socket in
+// progress honours the change.
+func (l *link) arrayWriteChanged() {
+	l.outMu.Lock()
+	defer l.outMu.Unlock()
+	if l.outWriting {
+		l.applyWriteDeadline()
+	}
+}
+
+// writingArrays marks the start (on) or end of a write of the array's
+// bytes to the host's socket, which honours the array's end's write
+// deadline and Close meanwhile.
+func (l *link) writingArrays(on bool) {
+	l.outMu.Lock()
+	defer l.outMu.Unlock()
+	l.outWriting = on
+	l.applyWriteDeadline()
+}
+
+// applyWriteDeadline sets the host's socket's write deadline from the
+// state under outMu, if it changed. Callers hold outMu.
+func (l *link) applyWriteDeadline() {
+	var t time.Time
+	switch {
+	case l.outBlackholed:
+		t = aLongTimeAgo
+	case !l.outWriting:
+	case l.arrayEnd.isClosed():
+		t = aLongTimeAgo
+	default:
+		t = l.arrayEnd.wd.get()
+	}
+	if !t.Equal(l.outDeadline) {
+		l.outDeadline = t
+		_ = l.client.SetWriteDeadline(t)
+	}
+}
+
 // forward is the Write of an array in memory done in the array's own
 // goroutine: while nothing is queued or held and the host's side is not
 // blackholed, the array's bytes (bufs, in order) are framed and written
 // to the host here in one vectored write, with no hand-off to the pump.
 // ok false: hand them to the pump instead. A blackhole that starts during
 // the write queues the rest for after Revert, and the array's Write
-// returns as it would into a socket buffer.
+// returns as it would into a socket buffer. One blocked because the host
+// does not read ends when the array's end closes or sets a write deadline
+// that passes (see writeOrQueue).
 func (l *link) forward(bufs [][]byte) (n int, ok bool, err error) {
 	const d = toClient
 	o, f := l.out[d], l.fr[d]
@@ -838,7 +902,7 @@ func (l *link) forward(bufs [][]byte) (n int, ok bool, err error) {
 		l.fwdScratch = appendBufs(l.fwdScratch, f.feed(b), b)
 		n += len(b)
 	}
-	err = l.writeOrQueue(d, l.fwdScratch, f.atBoundary())
+	err = l.writeOrQueue(d, l.fwdScratch, f.atBoundary(), true)
 	clear(l.fwdScratch)
 	if err != nil {
 		l.close(false)
@@ -851,10 +915,35 @@ func (l *link) forward(bufs [][]byte) (n int, ok bool, err error) {
 // the direction is open; if a blackhole closes it first, it queues a copy
 // of the rest for the outbox's writer, which waits for Revert. boundary
 // says whether bufs end between two PDUs.
-func (l *link) writeOrQueue(d dir, bufs [][]byte, boundary bool) error {
+//
+// arrays says that bufs are the bytes of a Write of the array in memory in
+// progress (forward, or the pump's loan): the write then honours the
+// array's end's write deadline and Close, as a write to a TCP socket does,
+// and fails with os.ErrDeadlineExceeded or net.ErrClosed (unless a
+// blackhole takes the rest first). The framer has seen all of bufs, so
+// the rest cannot wait for another Write: callers close the link on error.
+func (l *link) writeOrQueue(d dir, bufs [][]byte, boundary, arrays bool) error {
+	if arrays {
+		l.writingArrays(true)
+		defer l.writingArrays(false)
+	}
 	nb := l.buffers(d, bufs)
 	for len(*nb) > 0 && l.p.gates[d].Load() == nil {
-		if _, err := nb.WriteTo(l.client); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		_, err := nb.WriteTo(l.client)
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			// A blackhole's deadline (the loop looks at the gate again),
+			// or the array's (Inject sets the gate before the deadline).
+			switch {
+			case !arrays || l.p.gates[d].Load() != nil:
+				err = nil
+			case l.arrayEnd.isClosed():
+				err = net.ErrClosed
+			case l.arrayEnd.wd.expired():
+			default:
+				err = nil // the array's deadline moved on: write again
+			}
+		}
+		if err != nil {
 			clear(l.nbBack[d][:len(bufs)])
 			return err
 		}
@@ -967,7 +1056,10 @@ func (l *link) setDeadlines(dirs []dir, t time.Time) {
 		} else if src != nil && !mem {
 			_ = src.SetReadDeadline(t)
 		}
-		if dst != nil {
+		switch {
+		case dst == net.Conn(l.client):
+			l.setBlackholedOut(!t.IsZero())
+		case dst != nil:
 			_ = dst.SetWriteDeadline(t)
 		}
 	}

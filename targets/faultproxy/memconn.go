@@ -23,10 +23,13 @@ import (
 //   - array to host (downStream): while no fault queues anything, the
 //     array's Write frames its bytes and writes them to the host's socket
 //     itself (link.forward), so an I/O costs no hand-off between
-//     goroutines. Otherwise, or while the array has a write deadline set
-//     (which an inline write could not honour), the Write lends its bytes
-//     to the pump (borrow) and returns once the pump has written or queued
-//     them.
+//     goroutines. Otherwise, or while the array has a write deadline set,
+//     the Write lends its bytes to the pump (borrow) and returns once the
+//     pump has written or queued them. Either way the write to the host's
+//     socket honours the array's write deadline and Close, as a blocked
+//     Write on TCP does: it ends with os.ErrDeadlineExceeded or
+//     net.ErrClosed, and, as the rest of a PDU already framed cannot be
+//     taken back, the connection closes (see link.writeOrQueue).
 //
 // Both ends are net.Conns with TCP's deadline and half-close behaviour.
 
@@ -81,6 +84,10 @@ type memConn struct {
 	// changed, on the array's end, is told that its read deadline was set
 	// (kick: to something other than none) or that it closed (kick true).
 	changed func(kick bool)
+	// changedWrite, on the array's end, is told that its write deadline
+	// was set or that it closed, so that a write of its bytes to the
+	// host's socket in progress honours it (link.arrayWriteChanged).
+	changedWrite func()
 }
 
 func (c *memConn) isClosed() bool {
@@ -228,6 +235,9 @@ func (c *memConn) Close() error {
 	if c.changed != nil {
 		c.changed(true)
 	}
+	if c.changedWrite != nil {
+		c.changedWrite()
+	}
 	return nil
 }
 
@@ -235,7 +245,7 @@ func (c *memConn) LocalAddr() net.Addr  { return c.local }
 func (c *memConn) RemoteAddr() net.Addr { return c.remote }
 
 func (c *memConn) SetDeadline(t time.Time) error {
-	c.wd.set(t)
+	c.SetWriteDeadline(t)
 	return c.SetReadDeadline(t)
 }
 
@@ -247,7 +257,13 @@ func (c *memConn) SetReadDeadline(t time.Time) error {
 	return nil
 }
 
-func (c *memConn) SetWriteDeadline(t time.Time) error { c.wd.set(t); return nil }
+func (c *memConn) SetWriteDeadline(t time.Time) error {
+	c.wd.set(t)
+	if c.changedWrite != nil {
+		c.changedWrite()
+	}
+	return nil
+}
 
 // writeUp is the proxy's end's Write: a copy of b is handed over.
 func (c *memConn) writeUp(b []byte) (int, error) {
@@ -401,6 +417,7 @@ type downStream struct {
 	mu       sync.Mutex
 	buf      []byte // the unread rest of the Write in progress
 	lent     bool   // buf is borrowed: the writer waits, whatever its deadline
+	failed   error  // why the pump could not write the last loan (releaseFailed)
 	eof      bool   // the array's end half-closed or closed
 	gone     bool   // the proxy's end closed: writes fail
 	readable chan struct{}
@@ -439,6 +456,8 @@ func (c *memConn) writeDown(b []byte) (int, error) {
 		left, lent := len(s.buf), s.lent
 		if !lent {
 			switch {
+			case s.failed != nil:
+				err, s.failed = s.failed, nil
 			case left == 0:
 			case s.gone:
 				err = io.ErrClosedPipe
@@ -455,7 +474,9 @@ func (c *memConn) writeDown(b []byte) (int, error) {
 		}
 		s.mu.Unlock()
 		if lent {
-			// The pump is forwarding these bytes: they must stay put.
+			// The pump is forwarding these bytes: they must stay put. Its
+			// write to the host honours this end's deadline and Close
+			// (link.writeOrQueue), so the loan ends in time.
 			<-s.writable
 			continue
 		}
@@ -503,6 +524,17 @@ func (c *memConn) release(n int) {
 	signal(s.writable)
 }
 
+// releaseFailed ends a borrow whose bytes the pump could not write: the
+// writer's Write fails with err.
+func (c *memConn) releaseFailed(err error) {
+	s := c.down
+	s.mu.Lock()
+	s.lent = false
+	s.failed = err
+	s.mu.Unlock()
+	signal(s.writable)
+}
+
 // deadline is one deadline of a memConn. Waiters take wait's channel
 // before checking expired, then wait on it: it is closed when the
 // deadline passes and whenever it is set, so that they look again.
@@ -519,6 +551,13 @@ func (d *deadline) wait() <-chan struct{} {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.ch
+}
+
+// get is the deadline; zero means none.
+func (d *deadline) get() time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.t
 }
 
 // zero reports whether no deadline is set.

@@ -213,3 +213,88 @@ func TestMemConnHalfCloseAndClose(t *testing.T) {
 		t.Fatalf("write to a closed connection: %v, want io.ErrClosedPipe", err)
 	}
 }
+
+// writeUntilError writes 1 MiB at a time to c, in a goroutine, until a
+// Write fails, and reports that Write's error.
+func writeUntilError(c net.Conn) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		b := make([]byte, 1<<20)
+		for {
+			if _, err := c.Write(b); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	return done
+}
+
+// An array's Write blocked because the host does not read returns once the
+// array closes its end (net.ErrClosed) or its write deadline passes
+// (os.ErrDeadlineExceeded), as on a TCP connection, so that the array can
+// tear its session down: whether or not the array had set a (distant)
+// write deadline before it wrote.
+func TestAnArraysWriteTheHostDoesNotReadEndsOnCloseOrDeadline(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		before bool // a distant write deadline is set before the Writes
+		close  bool // Close; else set a write deadline quiet ahead
+	}{
+		{"close", false, true},
+		{"deadline", false, false},
+		{"close with a deadline set", true, true},
+		{"deadline brought forward", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			eachMode(t, func(t *testing.T, mode string) {
+				u := startPortal(t)
+				p := listenTo(t, mode, u, Options{})
+				_, array := connect(t, p, u) // the host never reads
+				if tc.before {
+					array.SetWriteDeadline(time.Now().Add(time.Hour))
+				}
+				done := writeUntilError(array)
+				select { // the Writes fill the host's socket and block
+				case err := <-done:
+					t.Fatalf("a Write the host does not read failed early: %v", err)
+				case <-time.After(quiet):
+				}
+				want := net.ErrClosed
+				if tc.close {
+					array.Close()
+				} else {
+					want = os.ErrDeadlineExceeded
+					array.SetWriteDeadline(time.Now().Add(quiet))
+				}
+				select {
+				case err := <-done:
+					if !errors.Is(err, want) {
+						t.Fatalf("the blocked Write returned %v; want %v", err, want)
+					}
+				case <-time.After(settle):
+					t.Fatalf("the array's Write is still blocked %v after %s", settle, tc.name)
+				}
+			})
+		})
+	}
+}
+
+// A write deadline the array sets before it writes (as during login) ends
+// a Write the host does not read, with os.ErrDeadlineExceeded.
+func TestAnArraysWriteDeadlineSetBeforeTheWriteIsHonoured(t *testing.T) {
+	eachMode(t, func(t *testing.T, mode string) {
+		u := startPortal(t)
+		p := listenTo(t, mode, u, Options{})
+		_, array := connect(t, p, u) // the host never reads
+		array.SetWriteDeadline(time.Now().Add(2 * quiet))
+		select {
+		case err := <-writeUntilError(array):
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("the Write past its deadline returned %v; want %v", err, os.ErrDeadlineExceeded)
+			}
+		case <-time.After(settle):
+			t.Fatalf("the array's Write is still blocked %v after its deadline", settle)
+		}
+	})
+}

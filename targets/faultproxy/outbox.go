@@ -152,10 +152,20 @@ func (o *outbox) submit(bp *[]byte, ps []piece, chunk []byte, boundary bool, scr
 			return o.l.hand(o.mem, o.d, bp, chunk)
 		}
 		*scratch = appendBufs((*scratch)[:0], ps, chunk)
-		err := o.l.write(o.dst, o.d, *scratch)
+		var err error
+		if o.d == toClient && o.l.arrayEnd != nil {
+			// From an array in memory (a copy of its bytes, see
+			// submitLent): a blackhole that starts meanwhile queues the
+			// rest, as forward's does, so that the array's Writes are
+			// still taken (the pump must not wait for Revert in
+			// gatedWriter). writeOrQueue tracks mid.
+			err = o.l.writeOrQueue(o.d, *scratch, boundary, false)
+		} else {
+			err = o.l.write(o.dst, o.d, *scratch)
+			o.mid.Store(!boundary)
+		}
 		clear(*scratch)
 		bufPool.Put(bp)
-		o.mid.Store(!boundary)
 		return err
 	}
 	o.mu.Lock()
@@ -195,10 +205,14 @@ func (o *outbox) submit(bp *[]byte, ps []piece, chunk []byte, boundary bool, scr
 func (o *outbox) submitLent(m *memConn, ps []piece, chunk []byte, boundary bool, scratch *[][]byte) error {
 	if o.open() {
 		*scratch = appendBufs((*scratch)[:0], ps, chunk)
-		err := o.l.writeOrQueue(o.d, *scratch, boundary)
+		err := o.l.writeOrQueue(o.d, *scratch, boundary, true)
 		clear(*scratch)
+		if err != nil {
+			m.releaseFailed(err)
+			return err
+		}
 		m.release(len(chunk))
-		return err
+		return nil
 	}
 	// Something is queued or the direction is blackholed: queue a copy.
 	bp := bufPool.Get().(*[]byte)
