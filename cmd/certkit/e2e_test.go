@@ -343,9 +343,8 @@ controllers:
 		t.Fatal(err)
 	}
 	tokenFile := filepath.Join(dir, "token")
-	lines := startCertkit(t, "target", "serve", "--config", cfg, "--token-file", tokenFile)
-	const what = "target serve to print its control URL, portals and LUNs"
-	control0 := nextLine(t, lines, 30*time.Second, "array lab-array: control ", what)
+	control0, lines := targetServe(t, "--config", cfg, "--token-file", tokenFile)
+	const what = "target serve to print its portals and LUNs"
 	url := strings.Fields(strings.TrimPrefix(control0, "array lab-array: control "))[0]
 	for range 2 {
 		nextLine(t, lines, 30*time.Second, "portal ", what)

@@ -28,11 +28,12 @@ controllers:
 `
 
 // targetServe starts certkit target serve with args and returns the line
-// that announces its control API; the process is stopped at cleanup.
-func targetServe(t *testing.T, args ...string) string {
+// that announces its control API and the lines it prints after that; the
+// process is stopped at cleanup.
+func targetServe(t *testing.T, args ...string) (string, <-chan string) {
 	t.Helper()
 	lines := startCertkit(t, append([]string{"target", "serve"}, args...)...)
-	return nextLine(t, lines, 30*time.Second, "array lab-array: control ", "target serve to print its control endpoint")
+	return nextLine(t, lines, 30*time.Second, "array lab-array: control ", "target serve to print its control endpoint"), lines
 }
 
 func TestTargetCertsAndMutualTLSServeWorkEndToEnd(t *testing.T) {
@@ -52,7 +53,7 @@ func TestTargetCertsAndMutualTLSServeWorkEndToEnd(t *testing.T) {
 	}
 
 	tokenFile := filepath.Join(dir, "token")
-	line := targetServe(t, "--config", cfg, "--token-file", tokenFile,
+	line, _ := targetServe(t, "--config", cfg, "--token-file", tokenFile,
 		"--tls-cert", file("server.crt"), "--tls-key", file("server.key"), "--tls-client-ca", file("ca.crt"))
 	url := strings.Fields(strings.TrimPrefix(line, "array lab-array: control "))[0]
 	if !strings.HasPrefix(url, "https://127.0.0.1:") || !strings.Contains(line, "mutual TLS required") || !strings.Contains(line, file("ca.crt")) {
